@@ -1,0 +1,252 @@
+"""What the entry points do, as importable functions: build the datamodule, module, trainer and logger
+from a composed config, train, test, and summarise the run in its directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_nmt.callbacks import ExampleTranslations, RunSummary, TestOutputs
+from lightning_nmt.data import ParallelDataModule
+from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.errors import CheckpointError, UserError
+from lightning_nmt.module import TranslationModule, read_checkpoint
+
+log = logging.getLogger("lightning_nmt")
+
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def to_dict(node: Any) -> Any:
+    """A plain (YAML/pickle-safe) copy of a config node; enums become their names."""
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    return node
+
+
+def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run an entry point; a user error is one line on stderr and exit status 2, not a traceback."""
+    try:
+        return fn(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def hydra_runtime() -> dict[str, Any]:
+    """Facts about the current Hydra job (empty when the config was composed in a test)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return {}
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    return {
+        "multirun": multirun,
+        "sweep_dir": hc.sweep.dir if multirun else None,
+        "output_dir": hc.runtime.output_dir,
+        "overrides": list(hc.overrides.task),
+        "override_dirname": hc.job.override_dirname,
+        "job_num": hc.job.num if multirun else None,
+    }
+
+
+def build_datamodule(data_cfg: DictConfig, seed: int) -> ParallelDataModule:
+    return ParallelDataModule(**to_dict(data_cfg), seed=seed)
+
+
+def build_module(cfg: DictConfig, datamodule: ParallelDataModule) -> TranslationModule:
+    tokenizer = datamodule.tokenizer
+    return TranslationModule(
+        model=to_dict(cfg.model),
+        src_vocab_size=tokenizer.src_vocab_size,
+        tgt_vocab_size=tokenizer.tgt_vocab_size,
+        optim=to_dict(cfg.optim),
+        scheduler=to_dict(cfg.scheduler),
+        decoding=to_dict(cfg.decoding),
+        label_smoothing=cfg.label_smoothing,
+        num_examples=cfg.callbacks.num_examples,
+        num_heatmaps=cfg.callbacks.num_heatmaps,
+        data=to_dict(cfg.data),
+        tokenizer=tokenizer,
+    )
+
+
+def build_logger(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+    kind = to_dict(cfg.logger)["type"]
+    if kind == "none":
+        return []
+    if kind == "csv":
+        return [CSVLogger(save_dir=str(output_dir), name="csv", version="")]
+    if kind == "tensorboard":
+        return [TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version="")]
+    return [build_wandb_logger(cfg, output_dir)]
+
+
+def _wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger:
+    """One wandb run per job; its id lives in the run directory so a resumed run continues it."""
+    lcfg, runtime = cfg.logger, hydra_runtime()
+    offline = lcfg.offline or os.environ.get("WANDB_MODE") in ("offline", "dryrun")
+    if not offline and not _wandb_has_credentials():
+        offline = True
+        log.warning("wandb: no credentials found, logging offline. Upload later with: "
+                    "wandb sync %s/wandb/offline-run-*", output_dir)
+    if offline:
+        os.environ["WANDB_MODE"] = "offline"  # never prompt for a login
+    id_file = output_dir / WANDB_ID_FILE
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        import wandb
+
+        run_id = wandb.util.generate_id()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(id_file, run_id + "\n")
+    overrides = runtime.get("overrides", [])
+    if runtime.get("multirun"):
+        group = lcfg.group or f"{cfg.task_name}-{Path(runtime['sweep_dir']).name}"
+    else:
+        group = lcfg.group or cfg.task_name
+    name = lcfg.name or runtime.get("override_dirname") or output_dir.name
+    tags = [tag[:64] for tag in [*lcfg.tags, *overrides] if not tag.startswith(("resume", "ckpt_path", "hydra."))]
+    logger = WandbLogger(
+        project=lcfg.project, entity=lcfg.entity, group=group, name=name, tags=tags, id=run_id,
+        save_dir=str(output_dir), offline=offline, log_model=lcfg.log_model, resume="allow",
+    )
+    return logger
+
+
+def build_callbacks(cfg: DictConfig, output_dir: Path, has_logger: bool) -> list[L.Callback]:
+    ckpt = cfg.callbacks.model_checkpoint
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=str(output_dir / "checkpoints"),
+            filename="best-step{step:06d}-bleu{val/bleu:.2f}",
+            auto_insert_metric_name=False,
+            monitor=ckpt.monitor, mode=ckpt.mode, save_top_k=ckpt.save_top_k, save_last=True,
+            every_n_train_steps=ckpt.every_n_train_steps,
+        ),
+        RunSummary(),
+        ExampleTranslations(cfg.callbacks.num_examples),
+        TestOutputs(output_dir),
+    ]
+    if cfg.callbacks.early_stopping.enabled:
+        es = cfg.callbacks.early_stopping
+        callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience))
+    if has_logger:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
+    """The checkpoint to continue from: `ckpt_path=...`, or with `resume=auto` the run's last.ckpt."""
+    if cfg.ckpt_path:
+        return str(cfg.ckpt_path)
+    if to_dict(cfg)["resume"] == "auto":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resume=auto: continuing from %s", last)
+            return str(last)
+        log.info("resume=auto: no checkpoint in %s, starting fresh", output_dir / "checkpoints")
+    return None
+
+
+def check_compatible(module: TranslationModule, ckpt_path: str) -> None:
+    """Refuse a checkpoint whose model or vocabulary differs from this run's, naming the difference."""
+    saved = read_checkpoint(ckpt_path)["hyper_parameters"]
+    wanted = dict(module.hparams)
+    diffs = []
+    for key in ("src_vocab_size", "tgt_vocab_size"):
+        if saved.get(key) != wanted.get(key):
+            diffs.append(f"{key}: checkpoint {saved.get(key)} vs config {wanted.get(key)}")
+    for key, value in wanted["model"].items():
+        if saved["model"].get(key) != value:
+            diffs.append(f"model.{key}: checkpoint {saved['model'].get(key)!r} vs config {value!r}")
+    if diffs:
+        raise CheckpointError(f"{ckpt_path} was trained with a different configuration: " + "; ".join(diffs))
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, test the best checkpoint, write metrics.json; returns the metrics."""
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg.data, cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module = build_module(cfg, datamodule)
+    ckpt_path = resume_checkpoint(cfg, output_dir)
+    if ckpt_path:
+        check_compatible(module, ckpt_path)
+    loggers = build_logger(cfg, output_dir)
+    callbacks = build_callbacks(cfg, output_dir, has_logger=bool(loggers))
+    trainer = L.Trainer(
+        **to_dict(cfg.trainer), default_root_dir=str(output_dir), logger=loggers or False,
+        callbacks=callbacks, use_distributed_sampler=False,
+    )
+    if trainer.is_global_zero:
+        for logger in loggers:
+            logger.log_hyperparams({"config": to_dict(cfg)})
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        summary = next(cb for cb in callbacks if isinstance(cb, RunSummary))
+        metrics: dict[str, Any] = {
+            "val": {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
+                    if k.startswith("val/")},
+            "steps": trainer.global_step,
+            "epochs": trainer.current_epoch,
+            **summary.result,
+            "val_history": summary.val_history,
+        }
+        checkpoint_cb = next(cb for cb in callbacks if isinstance(cb, ModelCheckpoint))
+        best = checkpoint_cb.best_model_path or None
+        metrics["best_checkpoint"] = best
+        if cfg.test_after_training:
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=trainer.is_global_zero)
+            metrics.update(_test_metrics(trainer.callback_metrics))
+        metrics["wall_seconds"] = time.time() - started
+        metrics["model"] = to_dict(cfg.model)["type"]
+        if trainer.is_global_zero:
+            atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+            log.info("run directory: %s", output_dir)
+        return metrics
+    finally:
+        _finish_loggers(loggers)
+
+
+def _test_metrics(callback_metrics: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """{'test': {...}, 'test_<extra>': {...}} from the logged `test*/metric` values."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in callback_metrics.items():
+        if key.startswith("test"):
+            split, metric = key.split("/", 1)
+            out.setdefault(split, {})[metric] = float(value)
+    return out
+
+
+def _finish_loggers(loggers: list[Logger]) -> None:
+    """Close the job's wandb run, so the next job of a multirun starts its own."""
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()

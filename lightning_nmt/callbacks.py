@@ -1,0 +1,112 @@
+"""Callbacks: what a run leaves in its directory and on its logger. Only global rank 0 writes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.data.tokenizer import PAD_ID
+from lightning_nmt.module import TranslationModule
+from lightning_nmt.plotting import plot_attention
+
+log = logging.getLogger(__name__)
+
+
+def hypothesis_file(output_dir: Path, name: str) -> Path:
+    """`test.hyp.txt` for the main test set, `test_<name>.hyp.txt` for extra ones."""
+    return output_dir / ("test.hyp.txt" if name == "test" else f"test_{name}.hyp.txt")
+
+
+class TestOutputs(L.Callback):
+    """After testing: the test translations as text and attention heatmaps as PNG files."""
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.output_dir = Path(output_dir)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: TranslationModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        images: list[str] = []
+        for name, translations in pl_module.translations.items():
+            if name == "val":
+                continue
+            atomic_write_text(hypothesis_file(self.output_dir, name),
+                              "".join(hyp + "\n" for hyp in translations.hypotheses))
+            for example_id, (out_pieces, weights) in sorted(translations.attention.items()):
+                src_pieces = translations.sources_pieces[example_id]
+                path = self.output_dir / "attention" / f"{name}_{example_id:03d}.png"
+                plot_attention(weights, src_pieces, out_pieces, path, title=f"{name} #{example_id}")
+                images.append(str(path))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and images:
+                logger.log_image(key="attention", images=images, caption=[Path(p).stem for p in images])
+
+
+class RunSummary(L.Callback):
+    """Training target tokens per second over the time spent training (validation excluded), and the
+    validation scores after each validation (for BLEU-against-steps curves).
+
+    Tokens are summed on the device and read once at the end: no host-device sync per step.
+    """
+
+    def __init__(self) -> None:
+        self.tokens: torch.Tensor | None = None
+        self.start = 0.0
+        self.eval_seconds = 0.0
+        self._eval_start = 0.0
+        self.result: dict[str, float] = {}
+        self.val_history: list[dict[str, float]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.tokens = torch.zeros((), dtype=torch.long, device=pl_module.device)
+        self.start, self.eval_seconds = time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.tokens += batch["tgt_out"].ne(PAD_ID).sum()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._eval_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        self.eval_seconds += time.perf_counter() - self._eval_start
+        scores = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
+                  if k.startswith("val/")}
+        self.val_history.append({"step": trainer.global_step, **scores})
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = max(time.perf_counter() - self.start - self.eval_seconds, 1e-9)
+        tokens = int(self.tokens.item()) * trainer.world_size if self.tokens is not None else 0
+        self.result = {"train_tgt_tokens": tokens, "train_seconds": seconds,
+                       "train_tgt_tokens_per_sec": tokens / seconds}
+
+
+class ExampleTranslations(L.Callback):
+    """After each validation: a few source / reference / hypothesis triples, to the log and the logger."""
+
+    def __init__(self, num_examples: int = 5) -> None:
+        self.num_examples = num_examples
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: TranslationModule) -> None:
+        if not trainer.is_global_zero or self.num_examples <= 0 or "val" not in pl_module.translations:
+            return
+        datamodule = trainer.datamodule
+        hyps = pl_module.translations["val"].hypotheses[: self.num_examples]
+        srcs = datamodule.sources("val")[: len(hyps)]
+        refs = datamodule.references("val")[: len(hyps)]
+        rows = [[trainer.global_step, s, r, h] for s, r, h in zip(srcs, refs, hyps, strict=False)]
+        for _, s, r, h in rows[:2]:
+            log.info("step %d\n  src: %s\n  ref: %s\n  hyp: %s", trainer.global_step, s, r, h)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(key="val/examples", columns=["step", "source", "reference", "hypothesis"],
+                                 data=rows)

@@ -1,0 +1,267 @@
+"""Structured configs: the schema every file in `conf/` is validated against.
+
+Registered in Hydra's ConfigStore as `train_schema`, `eval_schema` and `translate_schema`; the primary
+configs extend them through their defaults list, so a misspelt key (on the command line *or* inside a YAML
+file), a wrong type or an unknown enum value is a clear error before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+"""The `conf/` directory of the source tree (an absolute path, so console scripts find it)."""
+
+
+class ModelType(str, Enum):
+    basic = "basic"
+    attention = "attention"
+    transformer = "transformer"
+
+
+class AttentionScore(str, Enum):
+    dot = "dot"
+    general = "general"
+    concat = "concat"
+    scaled_dot = "scaled_dot"
+
+
+class RNNType(str, Enum):
+    gru = "gru"
+    lstm = "lstm"
+
+
+class Corpus(str, Enum):
+    sample = "sample"
+    multi30k = "multi30k"
+    files = "files"
+
+
+class TokenizerType(str, Enum):
+    unigram = "unigram"
+    bpe = "bpe"
+
+
+class LoggerType(str, Enum):
+    none = "none"
+    csv = "csv"
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+
+
+class OptimizerName(str, Enum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class SchedulerName(str, Enum):
+    none = "none"
+    plateau = "plateau"
+    inverse_sqrt = "inverse_sqrt"
+
+
+class Resume(str, Enum):
+    never = "never"
+    auto = "auto"
+
+
+@dataclass
+class TokenizerConfig:
+    type: TokenizerType = TokenizerType.unigram
+    vocab_size: int = 8000
+    joint: bool = True
+    character_coverage: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    corpus: Corpus = Corpus.sample
+    src_lang: str = "en"
+    tgt_lang: str = "fr"
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    extra_tests: dict[str, str] = field(default_factory=dict)
+    root: str | None = None
+    base_url: str = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
+    sample_sizes: dict[str, int] = field(default_factory=lambda: {"train": 20000, "val": 500, "test": 500})
+    sample_seed: int = 1234
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    max_tokens: int = 4096
+    eval_max_tokens: int = 8192
+    max_len: int = 100
+    cache_dir: str = ".cache/lightning_nmt"
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    type: ModelType = ModelType.attention
+    attention: AttentionScore = AttentionScore.general
+    rnn_type: RNNType = RNNType.gru
+    embedding_dim: int = 256
+    encoder_hidden: int = 256
+    bidirectional: bool = True
+    encoder_layers: int = 1
+    decoder_hidden: int = 512
+    decoder_layers: int = 1
+    dropout: float = 0.2
+    input_feeding: bool = False
+    tie_embeddings: bool = False
+    d_model: int = 256
+    nhead: int = 4
+    ffn_dim: int = 1024
+    transformer_layers: int = 3
+
+
+@dataclass
+class OptimConfig:
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SchedulerConfig:
+    name: SchedulerName = SchedulerName.none
+    warmup_steps: int = 4000  # inverse_sqrt: linear warm-up, then lr * sqrt(warmup / step)
+    factor: float = 0.5  # plateau: multiply lr by this when val BLEU stalls
+    patience: int = 2  # plateau: validations without improvement before reducing
+    min_lr: float = 1e-6
+
+
+@dataclass
+class DecodingConfig:
+    beam_size: int = 5  # test / eval / translate
+    val_beam_size: int = 1  # validation during training (greedy is fast)
+    nbest: int = 1
+    length_penalty: float = 1.0
+    max_len_ratio: float = 1.5
+    max_len_offset: int = 5
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to `lightning.Trainer(**trainer)`; only the arguments a run needs."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = -1
+    max_epochs: int | None = None
+    max_time: str | None = None
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    gradient_clip_val: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 50
+    num_sanity_val_steps: int = 0
+    deterministic: Any = False
+    benchmark: bool | None = None
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    type: LoggerType = LoggerType.csv
+    project: str = "lightning-nmt"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    offline: bool = False
+    log_model: bool = False
+
+
+@dataclass
+class ModelCheckpointConfig:
+    every_n_train_steps: int | None = None
+    save_top_k: int = 1
+    monitor: str = "val/bleu"
+    mode: str = "max"
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    monitor: str = "val/bleu"
+    mode: str = "max"
+    patience: int = 5
+
+
+@dataclass
+class CallbacksConfig:
+    model_checkpoint: ModelCheckpointConfig = field(default_factory=ModelCheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    num_heatmaps: int = 4  # test sentences drawn as attention heatmaps in <run>/attention/
+    num_examples: int = 5  # example translations logged at each validation
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    output_dir: str = "."
+    cache_dir: str = ".cache/lightning_nmt"
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    label_smoothing: float = 0.1
+    seed: int = 42
+    task_name: str = "train"
+    resume: Resume = Resume.never
+    ckpt_path: str | None = None
+    test_after_training: bool = True
+
+
+@dataclass
+class EvalConfig:
+    ckpt_path: str = "???"
+    data: DataConfig | None = None  # None: the corpus the checkpoint was trained on
+    beam_size: int | None = None  # None: the checkpoint's decoding.beam_size
+    batch_max_tokens: int = 8192
+    output: str | None = None  # JSON file; default: next to the checkpoint's run (eval.json)
+    accelerator: str = "cpu"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "eval"
+
+
+@dataclass
+class TranslateConfig:
+    ckpt_path: str = "???"
+    input: str = "-"
+    output: str = "-"
+    beam_size: int | None = None
+    nbest: int = 1
+    attention_dir: str | None = None
+    batch_max_tokens: int = 8192
+    accelerator: str = "cpu"
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="translate_schema", node=TranslateConfig)

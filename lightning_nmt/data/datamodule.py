@@ -1,0 +1,251 @@
+"""``ParallelDataModule``: the one LightningDataModule for every corpus (sample, multi30k, files)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from filelock import FileLock
+from torch.utils.data import DataLoader
+
+from lightning_nmt.data import multi30k, sample
+from lightning_nmt.data.batching import TokenBatchSampler, make_eval_loader, make_loader
+from lightning_nmt.data.cache import Binarized, build_or_load
+from lightning_nmt.data.corpus import ParallelText, read_parallel
+from lightning_nmt.data.dataset import EncodedDataset
+from lightning_nmt.data.errors import DataError
+from lightning_nmt.data.tokenizer import Tokenizer, settings_from_config
+
+CORPORA = ("sample", "multi30k", "files")
+SAMPLE_LANGS = ("en", "fr")
+DEFAULT_LANGS = {"sample": ("en", "fr"), "multi30k": ("en", "de")}
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+log = logging.getLogger("lightning_nmt.data")
+
+
+class ParallelDataModule(L.LightningDataModule):
+    """Validated, tokenized and token-batched parallel data.
+
+    ``corpus``: ``sample`` (embedded English<->French generator, written to ``cache_dir``), ``multi30k``
+    (``root/{train,val,test_2016_flickr}.<lang>.gz``, downloaded from ``base_url`` when absent; ``train``,
+    ``val``, ``test`` and ``extra_tests`` values are file names inside ``root``) or ``files``
+    (``train``/``val``/``test`` are prefixes of ``PREFIX.<lang>[.gz]`` files). ``extra_tests`` (name ->
+    prefix) adds test sets to any corpus.
+    ``tokenizer`` is the ``data.tokenizer`` config group (type, vocab_size, joint, character_coverage).
+
+    ``prepare_data`` generates/downloads; ``setup`` validates the files, builds or loads the binarized
+    cache (sentencepiece trained once, guarded by a file lock) and creates the samplers for this rank.
+    Under DDP the Trainer must use ``use_distributed_sampler=False``: sharding is done here.
+    """
+
+    def __init__(
+        self,
+        corpus: str = "files",
+        src_lang: str | None = None,
+        tgt_lang: str | None = None,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        extra_tests: Mapping[str, str] | None = None,
+        root: str | None = None,
+        base_url: str = multi30k.BASE_URL,
+        sample_sizes: Mapping[str, int] | None = None,
+        sample_seed: int = 1234,
+        tokenizer: Mapping[str, Any] | None = None,
+        max_tokens: int = 4096,
+        eval_max_tokens: int = 8192,
+        max_len: int = 100,
+        cache_dir: str = ".cache/lightning_nmt",
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if corpus not in CORPORA:
+            raise DataError(f"unknown corpus {corpus!r}; valid: {', '.join(CORPORA)}")
+        self.corpus = corpus
+        self.src_lang, self.tgt_lang = self._langs(corpus, src_lang, tgt_lang)
+        self.split_names = {"train": train, "val": val, "test": test}
+        self.extra_tests = dict(extra_tests or {})
+        for name in self.extra_tests:
+            if name in self.split_names or not SPLIT_NAME.fullmatch(name):
+                raise DataError(f"invalid extra test name {name!r}: use letters, digits, '_', '-', '.' "
+                                "and none of train/val/test")
+        self.root = Path(root) if root is not None else Path(cache_dir) / "multi30k"
+        self.base_url = base_url
+        self.sample_sizes = dict(sample_sizes or sample.DEFAULT_SIZES)
+        self.sample_seed = sample_seed
+        self.tokenizer_settings = settings_from_config(tokenizer or {})
+        self.max_tokens, self.eval_max_tokens, self.max_len = max_tokens, eval_max_tokens, max_len
+        self.cache_dir = Path(cache_dir)
+        self.num_workers, self.seed = num_workers, seed
+        self.tokenizer: Tokenizer | None = None
+        self.train_sampler: TokenBatchSampler | None = None
+        self.built_cache = False  # whether setup() trained sentencepiece (cache miss)
+        self._data: Binarized | None = None
+        self._texts: dict[str, ParallelText] = {}
+        self._rank, self._world = 0, 1
+
+    @staticmethod
+    def _langs(corpus: str, src_lang: str | None, tgt_lang: str | None) -> tuple[str, str]:
+        default_src, default_tgt = DEFAULT_LANGS.get(corpus, (None, None))
+        src_lang, tgt_lang = src_lang or default_src, tgt_lang or default_tgt
+        if src_lang is None or tgt_lang is None:
+            raise DataError("data.src_lang and data.tgt_lang are required for corpus=files")
+        if src_lang == tgt_lang:
+            raise DataError(f"source and target language are both {src_lang!r}")
+        if corpus == "sample" and {src_lang, tgt_lang} != set(SAMPLE_LANGS):
+            raise DataError(f"the sample corpus is English<->French; got {src_lang}->{tgt_lang}")
+        if corpus == "multi30k":
+            multi30k.check_langs(src_lang, tgt_lang)
+        return src_lang, tgt_lang
+
+    # ------------------------------------------------------------------ corpus files
+
+    def _sample_prefixes(self) -> dict[str, Path]:
+        directory = self.cache_dir / sample.sample_dir_name(self.sample_sizes, self.sample_seed)
+        prefixes = {name: directory / name for name in self.sample_sizes}
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory) + ".lock"):
+            if not all(Path(f"{p}.{lang}").is_file() for p in prefixes.values() for lang in SAMPLE_LANGS):
+                log.info("generating the sample corpus into %s", directory)
+                sample.write_sample_corpus(directory, self.sample_sizes, self.sample_seed)
+        return prefixes
+
+    def _multi30k_prefixes(self) -> dict[str, Path]:
+        names = {split: self.split_names[split] or default for split, default in multi30k.SPLITS.items()}
+        names |= self.extra_tests
+        multi30k.ensure_files(self.root, names.values(), (self.src_lang, self.tgt_lang), self.base_url)
+        return {split: self.root / name for split, name in names.items()}
+
+    def _file_prefixes(self) -> dict[str, Path]:
+        if self.split_names["train"] is None:
+            raise DataError("data.train is required (prefix of the training files)")
+        return {name: Path(p) for name, p in self.split_names.items() if p is not None}
+
+    def _prefixes(self) -> dict[str, Path]:
+        """Split name -> file prefix; generates or downloads the corpus files when needed."""
+        if self.corpus == "multi30k":
+            return self._multi30k_prefixes()
+        prefixes = self._sample_prefixes() if self.corpus == "sample" else self._file_prefixes()
+        return prefixes | {name: Path(p) for name, p in self.extra_tests.items()}
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def prepare_data(self) -> None:
+        """Generate (sample) or download (multi30k) the corpus files; no-op for files."""
+        self._prefixes()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Validate every split and build or load the cache (once); create this rank's train sampler.
+
+        May be called before a Trainer exists (to learn the vocabulary sizes) and again by the Trainer:
+        the sampler is recreated only when the rank or world size changed.
+        """
+        if self._data is None:
+            self._load()
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if self.train_sampler is None or (rank, world) != (self._rank, self._world):
+            self._rank, self._world = rank, world
+            train = self.dataset("train")
+            self.train_sampler = TokenBatchSampler(
+                train.src_lengths(), train.tgt_lengths(), self.max_tokens, shuffle=True, even=True,
+                num_replicas=world, rank=rank, seed=self.seed)
+
+    def setup_eval(self, tokenizer: Tokenizer) -> None:
+        """Read and validate the test sets only and encode them with ``tokenizer`` (a checkpoint's), so a
+        trained model can be scored on any corpus; no sentencepiece training, no cache."""
+        prefixes = {name: p for name, p in self._prefixes().items() if name == "test" or name in self.extra_tests}
+        if not prefixes:
+            raise DataError("no test set configured (data.test or data.extra_tests)")
+        self._texts = {name: read_parallel(prefix, self.src_lang, self.tgt_lang) for name, prefix in prefixes.items()}
+        splits = {name: EncodedDataset.from_lists(tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt))
+                  for name, text in self._texts.items()}
+        self.tokenizer = tokenizer
+        self._data = Binarized(Path(), tokenizer, splits, np.arange(0), {"drop_counts": {}})
+
+    def _load(self) -> None:
+        self._texts = {name: read_parallel(prefix, self.src_lang, self.tgt_lang)
+                       for name, prefix in self._prefixes().items()}
+        self._data, self.built_cache = build_or_load(self.cache_dir, self._texts, self.tokenizer_settings,
+                                                     self.max_len)
+        self.tokenizer = self._data.tokenizer
+        drops = self.drop_counts
+        log.info("train: dropped %d empty or whitespace-only pairs and %d pairs over max_len=%d pieces, "
+                 "%d pairs left", drops["empty"], drops["too_long"], self.max_len, len(self._data.train_keep))
+
+    def dataset(self, name: str) -> EncodedDataset:
+        """The encoded split ``name`` (train, val, test or an extra test name)."""
+        if self._data is None:
+            raise RuntimeError("call setup() first")
+        if name not in self._data.splits:
+            raise DataError(f"no {name!r} split; available: {', '.join(self._data.splits)}")
+        return self._data.splits[name]
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        return make_eval_loader(self.dataset(name), self.eval_max_tokens, self.num_workers,
+                                self._world, self._rank)
+
+    def train_dataloader(self) -> DataLoader:
+        return make_loader(self.dataset("train"), self.train_sampler, self.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The validation loader ([] when no val split is configured)."""
+        return self._eval_loader("val") if "val" in self._texts else []
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """One loader, or a list in ``test_names`` order when there are extra test sets."""
+        loaders = [self._eval_loader(name) for name in self.test_names]
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    # ------------------------------------------------------------------ accessors
+
+    @property
+    def test_names(self) -> list[str]:
+        """Names of the test sets: ``test`` (if configured) first, then ``extra_tests`` in order."""
+        return [name for name in ("test", *self.extra_tests) if name in self._texts]
+
+    @property
+    def drop_counts(self) -> dict[str, int]:
+        """Train pairs dropped: ``empty`` (a side empty/whitespace-only), ``too_long`` (> max_len pieces)."""
+        if self._data is None:
+            raise RuntimeError("call setup() first")
+        return dict(self._data.meta["drop_counts"])
+
+    @property
+    def padding_fraction(self) -> float:
+        """Padded fraction of target positions in this rank's training batches of the current epoch."""
+        if self.train_sampler is None:
+            raise RuntimeError("call setup() first")
+        return self.train_sampler.padding_fraction
+
+    def _raw(self, name: str, side: str) -> list[str]:
+        self.dataset(name)  # raises for an unknown split
+        lines = getattr(self._texts[name], side)
+        if name == "train":
+            return [lines[i] for i in self._data.train_keep.tolist()]
+        return list(lines)
+
+    def sources(self, name: str) -> list[str]:
+        """Raw source sentences of a split, aligned with the examples' ``ids`` (train: after cleaning)."""
+        return self._raw(name, "src")
+
+    def references(self, name: str) -> list[str]:
+        """Raw target sentences of a split, aligned with the examples' ``ids`` (train: after cleaning)."""
+        return self._raw(name, "tgt")
+
+    def encode_source_lines(self, lines: Sequence[str]) -> EncodedDataset:
+        """Raw source text -> dataset of target-less ``Example`` (for translation)."""
+        if self.tokenizer is None:
+            raise RuntimeError("call setup() or set .tokenizer first")
+        return EncodedDataset.from_lists(self.tokenizer.encode_src(lines), None)
+
+    def make_eval_loader(self, examples: EncodedDataset, max_tokens: int | None = None) -> DataLoader:
+        """Unsharded, length-sorted loader over ``examples``; ``batch["ids"]`` restores the order."""
+        return make_eval_loader(examples, max_tokens or self.eval_max_tokens, self.num_workers)
+

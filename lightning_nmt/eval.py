@@ -1,0 +1,68 @@
+"""`lnmt-eval ckpt_path=PATH [data=...] [beam_size=N]`: score a checkpoint on a corpus's test sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import sacrebleu
+from omegaconf import DictConfig
+
+from lightning_nmt.app import run_cli, to_dict
+from lightning_nmt.config import CONF_DIR, register_configs
+from lightning_nmt.data import ParallelDataModule
+from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.module import TranslationModule
+
+register_configs()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test the checkpoint on every test set of `data` (default: the corpus it was trained on).
+
+    Returns {test set: {bleu, signature, chrf, loss, ppl, sentences}}; BLEU and chrF are sacreBLEU's
+    corpus scores (the torchmetrics values logged during training agree with them).
+    """
+    module = TranslationModule.load(cfg.ckpt_path)
+    if cfg.beam_size is not None:
+        module.hparams.decoding["beam_size"] = cfg.beam_size
+    data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(module.hparams.data)
+    data_cfg["eval_max_tokens"] = cfg.batch_max_tokens
+    datamodule = ParallelDataModule(**data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup_eval(module.tokenizer)
+    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    results: dict[str, Any] = {}
+    for name in datamodule.test_names:
+        prefix = "test" if name == "test" else f"test_{name}"
+        hyps, refs = module.translations[name].hypotheses, datamodule.references(name)
+        bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+        results[name] = {
+            "bleu": bleu.corpus_score(hyps, [refs]).score,
+            "signature": str(bleu.get_signature()),
+            "chrf": chrf.corpus_score(hyps, [refs]).score,
+            "loss": float(trainer.callback_metrics[f"{prefix}/loss"]),
+            "ppl": float(trainer.callback_metrics[f"{prefix}/ppl"]),
+            "sentences": len(hyps),
+            "beam_size": module.hparams.decoding["beam_size"],
+        }
+    output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "eval.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"ckpt_path": str(cfg.ckpt_path), "results": results}, indent=2)
+    atomic_write_text(output, text + "\n")
+    print(text)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def main(cfg: DictConfig) -> Any:
+    run_cli(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

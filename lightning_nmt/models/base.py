@@ -1,0 +1,122 @@
+"""The interface every model implements (`Seq2Seq`), the encoder output it passes around, and small
+helpers shared by the model modules."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+T = TypeVar("T")
+DecoderState = Any
+"""Model-specific decoding state (tensors with a batch dimension); only the model interprets it."""
+
+
+def lookup(table: Mapping[str, T], name: str | Enum, what: str) -> T:
+    """`table[name]` (an Enum counts by its value), or a ValueError naming `what` and listing the
+    valid names."""
+    name = name.value if isinstance(name, Enum) else name
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; valid values: {', '.join(table)}")
+    return table[name]
+
+
+def length_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """lengths (B,) -> bool mask (B, max_len), True at the first `lengths[b]` positions."""
+    return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)
+
+
+def output_layer(hidden_size: int, vocab_size: int, tied: nn.Embedding | None) -> nn.Module:
+    """The output layer: features (..., hidden_size) -> logits (..., vocab_size).
+
+    With `tied`, its weight is the embedding matrix; if the embedding size differs from
+    `hidden_size`, a bias-free linear layer first projects the features to the embedding size.
+    """
+    if tied is None:
+        return nn.Linear(hidden_size, vocab_size)
+    out = nn.Linear(tied.embedding_dim, vocab_size)
+    out.weight = tied.weight
+    if hidden_size == tied.embedding_dim:
+        return out
+    return nn.Sequential(nn.Linear(hidden_size, tied.embedding_dim, bias=False), out)
+
+
+@dataclass
+class EncoderOutput:
+    """What the encoder hands to the decoder; every field has the batch on dim 0.
+
+    memory: (B, S, H) encoder states.
+    mask: (B, S) bool, True at real source positions.
+    final: (B, H) summary of the source (RNN final states of the last layer, both directions), or None.
+    keys: (B, S, K) attention keys projected once per sentence, or None.
+    """
+
+    memory: Tensor
+    mask: Tensor
+    final: Tensor | None = None
+    keys: Tensor | None = None
+
+    def index_select(self, index: Tensor) -> EncoderOutput:
+        """Rows `index` (N,) of every field: to expand for beams or drop finished sentences."""
+
+        def pick(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.index_select(0, index)
+
+        return EncoderOutput(pick(self.memory), pick(self.mask), pick(self.final), pick(self.keys))
+
+
+class Seq2Seq(nn.Module, ABC):
+    """An encoder-decoder translation model.
+
+    Training: `forward` (teacher forcing) gives the output features, `project` turns them into logits.
+    Decoding (see `lightning_nmt.models.search`): `encode` once, `init_state`, then `decode_step` per
+    target position; `reorder` picks decoder-state rows (beams), `EncoderOutput.index_select` the
+    encoder rows.
+    """
+
+    output: nn.Module
+    """The output layer, features (..., D) -> logits (..., V); set by subclasses."""
+
+    def forward(
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, return_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher-forced pass.
+
+        src (B, S), src_lengths (B,), tgt_in (B, T) -> features (B, T, D) and, if `return_attention`
+        and the model has it, attention weights (B, T, S) (else None).
+        """
+        return self.decode(tgt_in, self.encode(src, src_lengths), return_attention)
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """Output layer: features (..., D) -> logits (..., V)."""
+        return self.output(hidden)
+
+    @abstractmethod
+    def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
+        """src (B, S), src_lengths (B,) -> EncoderOutput (attention keys already projected)."""
+
+    @abstractmethod
+    def decode(
+        self, tgt_in: Tensor, enc: EncoderOutput, return_attention: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher-forced decoder: tgt_in (B, T) -> features (B, T, D), attention (B, T, S) or None."""
+
+    @abstractmethod
+    def init_state(self, enc: EncoderOutput) -> DecoderState:
+        """Decoder state before the first target token (BOS) is read."""
+
+    @abstractmethod
+    def decode_step(
+        self, tokens: Tensor, enc: EncoderOutput, state: DecoderState
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """Read one token per row: tokens (B,) -> logits (B, V) of the next token, new state,
+        attention weights (B, S) of this step or None."""
+
+    @abstractmethod
+    def reorder(self, state: DecoderState, index: Tensor) -> DecoderState:
+        """Rows `index` (N,) of the decoder state (beam reordering, dropping finished sentences)."""

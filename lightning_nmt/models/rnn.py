@@ -1,0 +1,294 @@
+"""Recurrent models: the encoder, the basic (Cho et al., 2014) and the attention (Luong et al., 2015)
+decoders, and `RNNSeq2Seq` joining an encoder and a decoder."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lightning_nmt.data.tokenizer import PAD_ID
+from lightning_nmt.models.attention import build_attention
+from lightning_nmt.models.base import EncoderOutput, Seq2Seq, length_mask, lookup, output_layer
+
+RNNS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
+def build_rnn(
+    rnn_type: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    dropout: float,
+    bidirectional: bool = False,
+) -> nn.RNNBase:
+    """A batch-first GRU or LSTM with dropout between layers; ValueError for another `rnn_type`."""
+    return lookup(RNNS, rnn_type, "rnn_type")(
+        input_size,
+        hidden_size,
+        num_layers,
+        batch_first=True,
+        dropout=dropout if num_layers > 1 else 0.0,
+        bidirectional=bidirectional,
+    )
+
+
+class RNNState(NamedTuple):
+    """Decoder state. hidden: (L, B, H), or (h, c) for an LSTM; feed: (B, 1, D) previous
+    attentional vector when input feeding, else None."""
+
+    hidden: Tensor | tuple[Tensor, Tensor]
+    feed: Tensor | None
+
+
+class RNNEncoder(nn.Module):
+    """Embeddings and a (bidirectional) GRU/LSTM over the packed source, so padding costs nothing."""
+
+    def __init__(
+        self,
+        rnn_type: str,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        bidirectional: bool,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(dropout)
+        self.rnn = build_rnn(rnn_type, embedding_dim, hidden_size, num_layers, dropout, bidirectional)
+        self.output_size = hidden_size * (2 if bidirectional else 1)
+
+    def forward(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """src (B, S), src_lengths (B,) -> states (B, S, H_out) (zero at padding) and
+        final (B, H_out): the last layer's final states, both directions concatenated."""
+        packed = pack_padded_sequence(
+            self.dropout(self.embed(src)), src_lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        states, final = self.rnn(packed)
+        states, _ = pad_packed_sequence(states, batch_first=True, total_length=src.size(1))
+        if isinstance(final, tuple):  # LSTM: (h, c) -> h
+            final = final[0]
+        directions = 2 if self.rnn.bidirectional else 1
+        last = final.view(self.rnn.num_layers, directions, src.size(0), self.rnn.hidden_size)[-1]
+        return self.dropout(states), last.transpose(0, 1).reshape(src.size(0), self.output_size)
+
+
+class RNNDecoder(nn.Module):
+    """What both recurrent decoders share: target embeddings, the bridge from the encoder's final
+    state to the initial state, the RNN, and the output features tanh(W_c [h_t; c_t]).
+
+    Subclasses say what the RNN reads besides the embedding (`_rnn_input`) and where the context
+    c_t comes from (`_context`). Without input feeding the whole teacher-forced target goes through
+    the RNN in one call; with it, step by step (`_step`, also used for decoding).
+    """
+
+    def __init__(
+        self,
+        rnn_type: str,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        encoder_size: int,
+        dropout: float,
+        *,
+        extra_input_size: int,
+        input_feeding: bool,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(dropout)
+        self.bridge = nn.Linear(encoder_size, hidden_size)
+        self.rnn = build_rnn(rnn_type, embedding_dim + extra_input_size, hidden_size, num_layers, dropout)
+        self.combine = nn.Linear(hidden_size + encoder_size, hidden_size)
+        self.input_feeding = input_feeding
+        self.output_size = hidden_size
+
+    def precompute_keys(self, memory: Tensor) -> Tensor | None:
+        """memory (B, S, H) -> attention keys (B, S, K), or None without attention."""
+        return None
+
+    def _rnn_input(self, emb: Tensor, enc: EncoderOutput, feed: Tensor | None) -> Tensor:
+        """emb (B, T, E), feed (B, 1, D) or None -> RNN input (B, T, E + extra_input_size)."""
+        raise NotImplementedError
+
+    def _context(self, rnn_out: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
+        """rnn_out (B, T, H) -> context (B, T, H_enc), attention weights (B, T, S) or None."""
+        raise NotImplementedError
+
+    def init_state(self, enc: EncoderOutput) -> RNNState:
+        """Initial state tanh(W_b final) in every layer (h and c for an LSTM)."""
+        h = torch.tanh(self.bridge(enc.final)).unsqueeze(0).repeat(self.rnn.num_layers, 1, 1)
+        feed = h.new_zeros(h.size(1), 1, self.output_size) if self.input_feeding else None
+        return RNNState((h, h) if isinstance(self.rnn, nn.LSTM) else h, feed)
+
+    def forward(
+        self, tgt_in: Tensor, enc: EncoderOutput, state: RNNState, return_attention: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher forcing: tgt_in (B, T) -> features (B, T, D), attention (B, T, S) if asked and any."""
+        emb = self.dropout(self.embed(tgt_in))
+        if self.input_feeding:
+            return self._stepwise(emb, enc, state, return_attention)
+        # (1) decoder states h_t of all target steps in one RNN call
+        rnn_out, _ = self.rnn(self._rnn_input(emb, enc, None), state.hidden)
+        features, weights = self._output(rnn_out, enc)
+        return features, weights if return_attention else None
+
+    def step(
+        self, tokens: Tensor, enc: EncoderOutput, state: RNNState
+    ) -> tuple[Tensor, RNNState, Tensor | None]:
+        """Read tokens (B,) -> features (B, D), new state, attention weights (B, S) or None."""
+        features, state, weights = self._step(self.dropout(self.embed(tokens.unsqueeze(1))), enc, state)
+        return features.squeeze(1), state, None if weights is None else weights.squeeze(1)
+
+    def _stepwise(
+        self, emb: Tensor, enc: EncoderOutput, state: RNNState, return_attention: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """emb (B, T, E) read one step at a time (input feeding) -> features (B, T, D), attention
+        (B, T, S) if `return_attention`."""
+        features, weights = [], []
+        for t in range(emb.size(1)):  # repeat for every target position
+            step_features, state, step_weights = self._step(emb[:, t : t + 1], enc, state)
+            features.append(step_features)
+            weights.append(step_weights)
+        return torch.cat(features, dim=1), torch.cat(weights, dim=1) if return_attention else None
+
+    def _step(
+        self, emb: Tensor, enc: EncoderOutput, state: RNNState
+    ) -> tuple[Tensor, RNNState, Tensor | None]:
+        """emb (B, 1, E) -> features (B, 1, D), new state, attention (B, 1, S) or None."""
+        # (1) decoder state h_t
+        rnn_out, hidden = self.rnn(self._rnn_input(emb, enc, state.feed), state.hidden)
+        features, weights = self._output(rnn_out, enc)
+        return features, RNNState(hidden, features if self.input_feeding else None), weights
+
+    def _output(self, rnn_out: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
+        """rnn_out (B, T, H) -> features (B, T, D), attention (B, T, S) or None."""
+        context, weights = self._context(rnn_out, enc)
+        # (6) concatenate [h_t; c_t], (7) feed-forward layer: the attentional vector tanh(W_c [h_t; c_t])
+        return torch.tanh(self.combine(self.dropout(torch.cat([rnn_out, context], dim=-1)))), weights
+
+
+class BasicDecoder(RNNDecoder):
+    """Cho et al. (2014): the encoder's final state c initialises the decoder (through the bridge)
+    and is read at every step, next to the input embedding and in the output features."""
+
+    def __init__(
+        self,
+        rnn_type: str,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        encoder_size: int,
+        dropout: float,
+    ) -> None:
+        super().__init__(
+            rnn_type,
+            vocab_size,
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            encoder_size,
+            dropout,
+            extra_input_size=encoder_size,
+            input_feeding=False,
+        )
+
+    @staticmethod
+    def _fixed_context(enc: EncoderOutput, steps: int) -> Tensor:
+        """The encoder's final state (B, H_enc) as the context of `steps` steps: (B, steps, H_enc)."""
+        return enc.final.unsqueeze(1).expand(-1, steps, -1)
+
+    def _rnn_input(self, emb: Tensor, enc: EncoderOutput, feed: Tensor | None) -> Tensor:
+        return torch.cat([emb, self._fixed_context(enc, emb.size(1))], dim=-1)
+
+    def _context(self, rnn_out: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
+        return self._fixed_context(enc, rnn_out.size(1)), None
+
+
+class AttentionDecoder(RNNDecoder):
+    """Luong et al. (2015): the context c_t is attention over the encoder states, recomputed from
+    each decoder state h_t; with `input_feeding`, the previous attentional vector is read next to
+    the input embedding."""
+
+    def __init__(
+        self,
+        rnn_type: str,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        encoder_size: int,
+        dropout: float,
+        attention: str,
+        input_feeding: bool,
+    ) -> None:
+        super().__init__(
+            rnn_type,
+            vocab_size,
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            encoder_size,
+            dropout,
+            extra_input_size=hidden_size if input_feeding else 0,
+            input_feeding=input_feeding,
+        )
+        self.attention = build_attention(attention, hidden_size, encoder_size)
+
+    def precompute_keys(self, memory: Tensor) -> Tensor:
+        return self.attention.precompute_keys(memory)
+
+    def _rnn_input(self, emb: Tensor, enc: EncoderOutput, feed: Tensor | None) -> Tensor:
+        return emb if feed is None else torch.cat([emb, feed], dim=-1)
+
+    def _context(self, rnn_out: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
+        # (2)-(4) scores, masked softmax, weighted sum (in Attention.forward): (5) the context c_t
+        return self.attention(rnn_out, enc.keys, enc.memory, enc.mask)
+
+
+class RNNSeq2Seq(Seq2Seq):
+    """A recurrent encoder and decoder (basic or attention) with the output layer."""
+
+    def __init__(
+        self, encoder: RNNEncoder, decoder: RNNDecoder, tgt_vocab_size: int, tie_embeddings: bool
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.output = output_layer(
+            decoder.output_size, tgt_vocab_size, decoder.embed if tie_embeddings else None
+        )
+
+    def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
+        memory, final = self.encoder(src, src_lengths)
+        mask = length_mask(src_lengths, src.size(1))
+        return EncoderOutput(memory, mask, final, self.decoder.precompute_keys(memory))
+
+    def decode(
+        self, tgt_in: Tensor, enc: EncoderOutput, return_attention: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        return self.decoder(tgt_in, enc, self.decoder.init_state(enc), return_attention)
+
+    def init_state(self, enc: EncoderOutput) -> RNNState:
+        return self.decoder.init_state(enc)
+
+    def decode_step(
+        self, tokens: Tensor, enc: EncoderOutput, state: RNNState
+    ) -> tuple[Tensor, RNNState, Tensor | None]:
+        features, state, weights = self.decoder.step(tokens, enc, state)
+        # (8) output word: logits over the target vocabulary
+        return self.project(features), state, weights
+
+    def reorder(self, state: RNNState, index: Tensor) -> RNNState:
+        hidden = state.hidden
+        if isinstance(hidden, tuple):
+            hidden = (hidden[0].index_select(1, index), hidden[1].index_select(1, index))
+        else:
+            hidden = hidden.index_select(1, index)
+        return RNNState(hidden, None if state.feed is None else state.feed.index_select(0, index))

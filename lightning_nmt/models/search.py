@@ -1,0 +1,250 @@
+"""Greedy and beam search for every `Seq2Seq`, batched over sentences and beams.
+
+Both run the encoder once (attention keys are projected there), loop over time steps only, and drop
+a sentence from the active batch as soon as it is finished.
+
+Rules shared by both:
+- at most ceil(src_len * max_len_ratio) + max_len_offset output tokens (EOS included) per sentence;
+  at the last allowed step EOS is forced, so every hypothesis ends with EOS;
+- PAD and BOS are never produced;
+- score = sum of the token log-probabilities (EOS included) / ((5 + len) / 6) ** length_penalty
+  (GNMT length penalty; len counts EOS; length_penalty=0 gives the plain sum).
+
+Beam search follows fairseq: every step takes the 2k best extensions of the k live hypotheses of a
+sentence; those ending in EOS among the best k are finished, the best k others live on. A sentence
+is done when k hypotheses are finished (or at its maximum length); its nbest best are returned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from lightning_nmt.models.base import DecoderState, EncoderOutput, Seq2Seq
+
+
+@dataclass
+class SearchResult:
+    """tokens: [batch][nbest] ids without BOS/EOS/PAD, best first.
+    scores: (B, nbest) length-normalised log-probabilities, best first (on the model's device).
+    attention: [batch][nbest] weights (T_out, S_real) on the CPU, one row per output token and one
+    for EOS (T_out = len(tokens) + 1), one column per real source token; None if the model has none.
+    """
+
+    tokens: list[list[list[int]]]
+    scores: Tensor
+    attention: list[list[Tensor]] | None
+
+
+@dataclass
+class _Prefixes:
+    """The output so far of each row: tokens (R, t) (BOS excluded), attention (R, t, S) or None."""
+
+    tokens: Tensor
+    attention: Tensor | None = None
+
+    def grow(self, rows: Tensor, words: Tensor, weights: Tensor | None) -> _Prefixes:
+        """Prefixes `rows` (N,) extended by words (N,) and the rows' weights of this step (R, S)."""
+        tokens = torch.cat([self.tokens[rows], words.unsqueeze(1)], dim=1)
+        if weights is None:
+            return _Prefixes(tokens)
+        attention = weights[rows].unsqueeze(1)
+        if self.attention is not None:
+            attention = torch.cat([self.attention[rows], attention], dim=1)
+        return _Prefixes(tokens, attention)
+
+
+class _Finished:
+    """Finished hypotheses of every sentence, `slots` per sentence, up to `max_len` tokens."""
+
+    def __init__(self, batch: int, slots: int, max_len: int, device: torch.device) -> None:
+        self.tokens = torch.full((batch, slots, max_len), PAD_ID, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch, slots, dtype=torch.long, device=device)
+        self.scores = torch.full((batch, slots), float("-inf"), device=device)
+        self.attention: Tensor | None = None
+        self.count = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def add(self, sentences: Tensor, hyps: _Prefixes, scores: Tensor) -> None:
+        """Store hypotheses hyps (N, t) with scores (N,) of sentences (N,), sorted ascending."""
+        rank = torch.arange(len(sentences), device=sentences.device) - torch.searchsorted(
+            sentences, sentences
+        )
+        slot = self.count[sentences] + rank
+        length = hyps.tokens.size(1)
+        self.tokens[sentences, slot, :length] = hyps.tokens
+        self.lengths[sentences, slot] = length
+        self.scores[sentences, slot] = scores
+        if hyps.attention is not None:
+            if self.attention is None:
+                self.attention = hyps.attention.new_zeros(*self.tokens.shape, hyps.attention.size(2))
+            self.attention[sentences, slot, :length] = hyps.attention
+        self.count.index_add_(0, sentences, torch.ones_like(sentences))
+
+    def result(self, nbest: int, src_lengths: Tensor) -> SearchResult:
+        """The nbest best hypotheses of every sentence."""
+        scores, best = self.scores.topk(nbest, dim=1)
+        rows = torch.arange(len(best), device=best.device).unsqueeze(1)
+        lengths = self.lengths[rows, best].tolist()
+        tokens = [
+            [hyp[: n - 1] for hyp, n in zip(hyps, lens, strict=True)]
+            for hyps, lens in zip(self.tokens[rows, best].tolist(), lengths, strict=True)
+        ]
+        if self.attention is None:
+            return SearchResult(tokens, scores, None)
+        attention = self.attention[rows, best].cpu()
+        return SearchResult(
+            tokens,
+            scores,
+            [
+                [att[:n, :src_len] for att, n in zip(atts, lens, strict=True)]
+                for atts, lens, src_len in zip(attention, lengths, src_lengths.tolist(), strict=True)
+            ],
+        )
+
+
+def _max_lengths(src_lengths: Tensor, ratio: float, offset: int) -> Tensor:
+    """Maximum output length (EOS included) of each sentence: ceil(src_len * ratio) + offset, (B,)."""
+    return torch.ceil(src_lengths.float() * ratio).long() + offset
+
+
+def _penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ((5 + length) / 6) ** alpha."""
+    return ((5 + length) / 6) ** alpha
+
+
+def _log_probs(
+    model: Seq2Seq, tokens: Tensor, enc: EncoderOutput, state: DecoderState, last: Tensor
+) -> tuple[Tensor, DecoderState, Tensor | None]:
+    """One decoder step: tokens (R,) -> log-probabilities (R, V) (PAD and BOS impossible, only EOS
+    where `last` (R,) is True), new state, attention weights (R, S) or None."""
+    logits, state, weights = model.decode_step(tokens, enc, state)
+    log_probs = logits.float().log_softmax(dim=-1)
+    log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")
+    not_eos = torch.arange(log_probs.size(1), device=log_probs.device) != EOS_ID
+    return log_probs.masked_fill(last.unsqueeze(1) & not_eos, float("-inf")), state, weights
+
+
+@torch.no_grad()
+def greedy(
+    model: Seq2Seq,
+    src: Tensor,
+    src_lengths: Tensor,
+    length_penalty: float = 1.0,
+    max_len_ratio: float = 1.5,
+    max_len_offset: int = 5,
+) -> SearchResult:
+    """Greedy decoding of src (B, S), src_lengths (B,); the model should be in eval mode."""
+    batch = src.size(0)
+    enc = model.encode(src, src_lengths)
+    state = model.init_state(enc)
+    max_len = _max_lengths(src_lengths, max_len_ratio, max_len_offset)
+    finished = _Finished(batch, 1, int(max_len.max()), src.device)
+    active = torch.arange(batch, device=src.device)
+    tokens = torch.full((batch,), BOS_ID, device=src.device)
+    prefixes = _Prefixes(src.new_empty(batch, 0))
+    scores = torch.zeros(batch, device=src.device)
+    for t in range(finished.tokens.size(2)):
+        log_probs, state, weights = _log_probs(model, tokens, enc, state, max_len[active] == t + 1)
+        step_scores, tokens = log_probs.max(dim=-1)
+        scores = scores + step_scores
+        ended = tokens == EOS_ID
+        done = ended.nonzero().squeeze(1)
+        finished.add(
+            active[done],
+            prefixes.grow(done, tokens[done], weights),
+            scores[done] / _penalty(t + 1, length_penalty),
+        )
+        keep = (~ended).nonzero().squeeze(1)
+        if len(keep) == 0:
+            break
+        prefixes, tokens, scores = prefixes.grow(keep, tokens[keep], weights), tokens[keep], scores[keep]
+        if len(keep) < len(active):
+            active, enc, state = active[keep], enc.index_select(keep), model.reorder(state, keep)
+    return finished.result(1, src_lengths)
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2Seq,
+    src: Tensor,
+    src_lengths: Tensor,
+    beam_size: int,
+    nbest: int = 1,
+    length_penalty: float = 1.0,
+    max_len_ratio: float = 1.5,
+    max_len_offset: int = 5,
+) -> SearchResult:
+    """Beam search of src (B, S), src_lengths (B,) over all B x beam_size hypotheses at once; the
+    model should be in eval mode."""
+    batch, k = src.size(0), beam_size
+    device = src.device
+    enc = model.encode(src, src_lengths)
+    expand = torch.arange(batch, device=device).repeat_interleave(k)
+    enc, state = enc.index_select(expand), model.reorder(model.init_state(enc), expand)
+    max_len = _max_lengths(src_lengths, max_len_ratio, max_len_offset)
+    finished = _Finished(batch, 2 * k, int(max_len.max()), device)
+    active = torch.arange(batch, device=device)
+    beam = torch.arange(k, device=device)
+    # one live hypothesis per sentence at first, so the k beams do not start as copies
+    beam_scores = torch.full((batch, k), float("-inf"), device=device).index_fill_(1, beam[:1], 0.0)
+    tokens = torch.full((batch * k,), BOS_ID, device=device)
+    prefixes = _Prefixes(src.new_empty(batch * k, 0))
+    for t in range(finished.tokens.size(2)):
+        n = len(active)
+        last = max_len[active] == t + 1
+        log_probs, state, weights = _log_probs(model, tokens, enc, state, last.repeat_interleave(k))
+        vocab = log_probs.size(1)
+        candidates = (beam_scores.view(-1, 1) + log_probs).view(n, k * vocab)
+        top_scores, top = candidates.topk(2 * k, dim=1)
+        rows = top // vocab + torch.arange(0, n * k, k, device=device).unsqueeze(1)  # (n, 2k) rows extended
+        words = top % vocab
+        is_eos = words == EOS_ID
+        # the best k candidates that end with EOS are finished hypotheses
+        sent, cand = (is_eos[:, :k] & top_scores[:, :k].isfinite()).nonzero(as_tuple=True)
+        ended = rows[sent, cand]
+        finished.add(
+            active[sent],
+            prefixes.grow(ended, words[sent, cand], weights),
+            top_scores[sent, cand] / _penalty(t + 1, length_penalty),
+        )
+        # the best k others live on
+        beam_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)
+        keep = (~((finished.count[active] >= k) | last)).nonzero().squeeze(1)
+        if len(keep) == 0:
+            break
+        rows, tokens, beam_scores = (
+            rows.gather(1, pick)[keep].view(-1),
+            words.gather(1, pick)[keep].view(-1),
+            beam_scores[keep],
+        )
+        prefixes, state = prefixes.grow(rows, tokens, weights), model.reorder(state, rows)
+        if len(keep) < n:
+            active, enc = active[keep], enc.index_select((keep.unsqueeze(1) * k + beam).view(-1))
+    return finished.result(nbest, src_lengths)
+
+
+def search(
+    model: Seq2Seq,
+    src: Tensor,
+    src_lengths: Tensor,
+    beam_size: int = 1,
+    nbest: int = 1,
+    length_penalty: float = 1.0,
+    max_len_ratio: float = 1.5,
+    max_len_offset: int = 5,
+) -> SearchResult:
+    """Translate src (B, S) with src_lengths (B,): greedy if beam_size == 1, else beam search.
+
+    Returns the nbest (<= beam_size) best hypotheses of each sentence (see the module docstring for
+    the rules). Call with the model in eval mode.
+    """
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
+    if beam_size == 1:
+        return greedy(model, src, src_lengths, length_penalty, max_len_ratio, max_len_offset)
+    return beam_search(
+        model, src, src_lengths, beam_size, nbest, length_penalty, max_len_ratio, max_len_offset
+    )

@@ -1,0 +1,289 @@
+"""TranslationModule: the LightningModule that trains, validates and tests any `Seq2Seq` model.
+
+It knows nothing about files: the datamodule gives batches (and raw references), callbacks write outputs.
+The tokenizer travels inside every checkpoint, so `TranslationModule.load(path)` alone rebuilds a
+translator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, SumMetric
+from torchmetrics.text import CHRFScore, SacreBLEUScore
+
+from lightning_nmt.data.tokenizer import PAD_ID, Tokenizer
+from lightning_nmt.errors import CheckpointError
+from lightning_nmt.models import build_model
+from lightning_nmt.models.search import SearchResult, search
+
+
+class EvalMetrics(nn.Module):
+    """Corpus-level metrics of one evaluation set; states are summed across DDP ranks, so each
+    sentence counts exactly once when the ranks hold disjoint shards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bleu = SacreBLEUScore(tokenize="13a")
+        self.chrf = CHRFScore(n_word_order=0)  # plain chrF, as sacrebleu's CHRF()
+        self.nll = SumMetric()
+        self.tokens = SumMetric()
+
+    def compute(self) -> dict[str, float]:
+        nll, tokens = self.nll.compute(), self.tokens.compute().clamp(min=1)
+        loss = (nll / tokens).item()
+        return {
+            "loss": loss,
+            "ppl": math.exp(min(loss, 50.0)),
+            "bleu": 100.0 * self.bleu.compute().item(),  # torchmetrics gives 0-1, sacrebleu 0-100
+            "chrf": 100.0 * self.chrf.compute().item(),
+        }
+
+    def reset(self) -> None:
+        for metric in (self.bleu, self.chrf, self.nll, self.tokens):
+            metric.reset()
+
+
+@dataclass
+class Translations:
+    """What one evaluation pass produced, in the split's original order (filled on every rank)."""
+
+    hypotheses: list[str]
+    sources_pieces: dict[int, list[str]]  # example id -> source pieces, for the heatmaps
+    attention: dict[int, tuple[list[str], torch.Tensor]]  # id -> (output pieces, (T_out, S) weights)
+
+
+class TranslationModule(L.LightningModule):
+    """Wraps a seq2seq model: label-smoothed cross-entropy training, BLEU/chrF evaluation.
+
+    `model`, `optim`, `scheduler`, `decoding` are the config groups of the same names (plain dicts);
+    `data` (the corpus config) is only recorded, so `lnmt-eval` can find the training corpus.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        optim: dict[str, Any],
+        scheduler: dict[str, Any],
+        decoding: dict[str, Any],
+        label_smoothing: float = 0.1,
+        num_examples: int = 5,
+        num_heatmaps: int = 4,
+        data: dict[str, Any] | None = None,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.model = build_model(model, src_vocab_size, tgt_vocab_size)
+        self.tokenizer = tokenizer
+        self.val_metrics = EvalMetrics()
+        self.test_metrics = nn.ModuleList()
+        self.train_loss = MeanMetric()
+        self.translations: dict[str, Translations] = {}  # split name -> last evaluation's output
+        self._pending: dict[str, list[tuple[int, str]]] = {}
+        self._eval_names: list[str] = []
+        # split -> example id -> (source ids, output pieces, (T_out, S) attention weights)
+        self._attention_store: dict[str, dict[int, tuple[list[int], list[str], torch.Tensor]]] = {}
+
+    # ---- loss -------------------------------------------------------------------------------
+    def token_loss(
+        self, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy over the real target tokens and their count (padding ignored).
+
+        The output layer (the largest matmul of an RNN model) is applied to real tokens only.
+        """
+        hidden, _ = self.model(batch["src"], batch["src_lengths"], batch["tgt_in"])  # (B, T, D)
+        tgt_out = batch["tgt_out"]
+        real = tgt_out.ne(PAD_ID)
+        logits = self.model.project(hidden[real])  # (N_real, V)
+        loss = F.cross_entropy(
+            logits.float(), tgt_out[real], label_smoothing=label_smoothing, reduction="sum"
+        )
+        return loss, real.sum()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss_sum, n_tokens = self.token_loss(batch, self.hparams.label_smoothing)
+        loss = loss_sum / n_tokens
+        self.train_loss.update(loss)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["src"].size(0))
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning calls set_epoch on samplers, not on batch samplers: reshuffle the token batches here.
+        loader = self.trainer.train_dataloader
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        if batch_sampler is not None and hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(self.current_epoch)
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def translate(self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int | None = None,
+                  nbest: int = 1) -> SearchResult:
+        """Search with the configured decoding settings; `beam_size=1` is greedy."""
+        dec = self.hparams.decoding
+        return search(
+            self.model, src, src_lengths,
+            beam_size=beam_size or dec["beam_size"], nbest=nbest,
+            length_penalty=dec["length_penalty"], max_len_ratio=dec["max_len_ratio"],
+            max_len_offset=dec["max_len_offset"],
+        )
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metrics: EvalMetrics, split: str,
+                   beam_size: int) -> None:
+        nll, n_tokens = self.token_loss(batch)
+        metrics.nll.update(nll)
+        metrics.tokens.update(n_tokens)
+        result = self.translate(batch["src"], batch["src_lengths"], beam_size=beam_size)
+        hyps = self.tokenizer.decode_tgt([nbest[0] for nbest in result.tokens])
+        ids = batch["ids"].tolist()
+        refs = self._references(split, ids, batch)
+        metrics.bleu.update(hyps, [[ref] for ref in refs])  # torchmetrics wants one list per sentence
+        metrics.chrf.update(hyps, [[ref] for ref in refs])
+        self._pending.setdefault(split, []).extend(zip(ids, hyps, strict=False))
+        self._keep_attention(split, ids, batch, result)
+
+    def _references(self, split: str, ids: list[int], batch: dict[str, torch.Tensor]) -> list[str]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "references"):
+            refs = datamodule.references(split)
+            return [refs[i] for i in ids]
+        return self.tokenizer.decode_tgt(batch["tgt_out"].tolist())
+
+    def _keep_attention(self, split: str, ids: list[int], batch: dict[str, torch.Tensor],
+                        result: SearchResult) -> None:
+        """Keep the attention weights of the first `num_heatmaps` sentences of a test set."""
+        if not split.startswith("test") or result.attention is None:
+            return
+        store = self._attention_store.setdefault(split, {})
+        for row, example_id in enumerate(ids):
+            if example_id < self.hparams.num_heatmaps:
+                n_src = int(batch["src_lengths"][row])
+                pieces = [*self.tokenizer.tgt_pieces_from_ids(result.tokens[row][0]), "</s>"]
+                store[example_id] = (batch["src"][row, :n_src].tolist(), pieces,
+                                     result.attention[row][0].float().cpu())
+
+    def on_validation_epoch_start(self) -> None:
+        self._pending.pop("val", None)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val", self.hparams.decoding["val_beam_size"])
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=False)
+        self.translations["val"] = self._gather("val")
+
+    def on_test_epoch_start(self) -> None:
+        loaders = self.trainer.test_dataloaders
+        n = len(loaders) if isinstance(loaders, (list, tuple)) else 1
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self._eval_names = list(getattr(datamodule, "test_names", ["test"]))[:n] or ["test"]
+        self.test_metrics = nn.ModuleList(EvalMetrics() for _ in range(n)).to(self.device)
+        self._attention_store = {}
+        for name in self._eval_names:
+            self._pending.pop(name, None)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, self.test_metrics[dataloader_idx], self._eval_names[dataloader_idx],
+                        self.hparams.decoding["beam_size"])
+
+    def on_test_epoch_end(self) -> None:
+        for name, metrics in zip(self._eval_names, self.test_metrics, strict=False):
+            prefix = "test" if name == "test" else f"test_{name}"
+            scores = metrics.compute()
+            self.log_dict({f"{prefix}/{k}": v for k, v in scores.items()}, sync_dist=False,
+                          add_dataloader_idx=False)
+            self.translations[name] = self._gather(name)
+
+    def _gather(self, split: str) -> Translations:
+        """Collect (id, hypothesis) pairs and heatmap data of all ranks, in the split's order."""
+        local = (self._pending.pop(split, []), self._attention_store.get(split, {}))
+        if self.trainer.world_size > 1:
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, local)
+        else:
+            gathered = [local]
+        pairs = sorted(pair for part, _ in gathered for pair in part)
+        attention: dict[int, Any] = {}
+        for _, store in gathered:
+            attention.update(store)
+        sources = {i: self.tokenizer.src_pieces_from_ids(src) for i, (src, _, _) in attention.items()}
+        return Translations(
+            hypotheses=[hyp for _, hyp in pairs],
+            sources_pieces=sources,
+            attention={i: (pieces, weights) for i, (_, pieces, weights) in attention.items()},
+        )
+
+    # ---- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg, sched_cfg = self.hparams.optim, self.hparams.scheduler
+        optimizer = _make_optimizer(self.parameters(), opt_cfg)
+        name = sched_cfg["name"]
+        if name == "none":
+            return {"optimizer": optimizer}
+        if name == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=sched_cfg["factor"], patience=sched_cfg["patience"],
+                min_lr=sched_cfg["min_lr"],
+            )
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": "val/bleu", "interval": "epoch",
+                                     "strict": False}}
+        warmup = max(1, sched_cfg["warmup_steps"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokenizer"] = self.tokenizer.to_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokenizer = Tokenizer.from_state(checkpoint["tokenizer"])
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TranslationModule:
+        """Rebuild model and tokenizer from a checkpoint alone (loaded with `weights_only=True`)."""
+        checkpoint = read_checkpoint(path, map_location)
+        module = cls(**checkpoint["hyper_parameters"])
+        module.load_state_dict(checkpoint["state_dict"])
+        module.on_load_checkpoint(checkpoint)
+        return module.eval()
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """`torch.load(weights_only=True)` with clear errors for a missing, corrupt or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, pickle garbage, disallowed globals...
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {first_line[:200]}"
+        ) from None
+    missing = [key for key in ("hyper_parameters", "state_dict", "tokenizer") if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is not a lightning-nmt checkpoint (missing {', '.join(missing)})")
+    return checkpoint
+
+
+def _make_optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    name = cfg["name"]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])

@@ -1,0 +1,138 @@
+"""build_model: configs, errors, tied embeddings. Also the small configs and batches other model
+tests import."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lightning_nmt.config import ModelConfig, ModelType
+from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from lightning_nmt.models import Seq2Seq, build_model
+from lightning_nmt.models.rnn import BasicDecoder
+from lightning_nmt.models.transformer import TransformerSeq2Seq
+
+SMALL = {
+    "type": "attention",
+    "attention": "general",
+    "rnn_type": "gru",
+    "embedding_dim": 16,
+    "encoder_hidden": 12,
+    "bidirectional": True,
+    "encoder_layers": 1,
+    "decoder_hidden": 20,
+    "decoder_layers": 1,
+    "dropout": 0.0,
+    "input_feeding": False,
+    "tie_embeddings": False,
+    "d_model": 16,
+    "nhead": 2,
+    "ffn_dim": 32,
+    "transformer_layers": 2,
+}
+
+# one config per model kind: basic, attention with and without input feeding, transformer
+MODEL_KINDS = {
+    "basic": {"type": "basic"},
+    "attention": {},
+    "input_feeding": {"input_feeding": True, "attention": "concat", "rnn_type": "lstm"},
+    "transformer": {"type": "transformer"},
+}
+
+
+def small_model(seed=0, src_vocab=20, tgt_vocab=20, **overrides) -> Seq2Seq:
+    """A small model of SMALL with `overrides`, in eval mode."""
+    torch.manual_seed(seed)
+    return build_model({**SMALL, **overrides}, src_vocab, tgt_vocab).eval()
+
+
+def pad(rows, value=PAD_ID):
+    """list of lists of ids -> right-padded LongTensor."""
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def make_batch(sources, targets=None):
+    """Token lists (without specials) -> src, src_lengths, tgt_in, tgt_out as collate makes them."""
+    src = [s + [EOS_ID] for s in sources]
+    batch = {"src": pad(src), "src_lengths": torch.tensor([len(s) for s in src])}
+    if targets is not None:
+        batch["tgt_in"] = pad([[BOS_ID] + t for t in targets])
+        batch["tgt_out"] = pad([t + [EOS_ID] for t in targets])
+    return batch
+
+
+def random_batch(seed, size=8, vocab=20, min_len=5, max_len=10):
+    """`size` random pairs of lengths min_len..max_len over the ids 4..vocab-1."""
+    g = torch.Generator().manual_seed(seed)
+
+    def sentence():
+        length = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
+        return torch.randint(4, vocab, (length,), generator=g).tolist()
+
+    return make_batch([sentence() for _ in range(size)], [sentence() for _ in range(size)])
+
+
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
+def test_forward_shapes(kind):
+    model = small_model(tgt_vocab=23, **MODEL_KINDS[kind])
+    b = make_batch([[5, 6, 7, 8], [9]], [[4, 5, 6], [7, 8]])
+    hidden, attention = model(b["src"], b["src_lengths"], b["tgt_in"])
+    assert hidden.shape[:2] == (2, 4) and attention is None
+    assert model.project(hidden).shape == (2, 4, 23)
+    _, attention = model(b["src"], b["src_lengths"], b["tgt_in"], return_attention=True)
+    if kind == "basic":
+        assert attention is None
+    else:
+        assert attention.shape == (2, 4, 5)
+        torch.testing.assert_close(attention.sum(-1), torch.ones(2, 4))
+        assert torch.all(attention[1, :, 2:] == 0.0)
+
+
+@dataclass
+class Config:
+    type: str = "transformer"
+    d_model: int = 8
+    nhead: int = 2
+    ffn_dim: int = 16
+    transformer_layers: int = 1
+    dropout: float = 0.1
+    tie_embeddings: bool = True
+
+
+def test_accepts_dataclass_and_dictconfig():
+    assert isinstance(build_model(Config(), 10, 10), TransformerSeq2Seq)
+    schema = OmegaConf.structured(ModelConfig(**{**SMALL, "type": ModelType.basic}))  # enum fields
+    assert isinstance(build_model(schema, 10, 10).decoder, BasicDecoder)
+    model = build_model(OmegaConf.create({**SMALL, "type": "basic"}), 10, 12)
+    assert model.project(torch.zeros(1, SMALL["decoder_hidden"])).shape == (1, 12)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "valid"),
+    [
+        ("type", "rnn", "basic, attention, transformer"),
+        ("attention", "bilinear", "dot, general, concat, scaled_dot"),
+        ("rnn_type", "elman", "gru, lstm"),
+    ],
+)
+def test_unknown_choices_name_valid_values(field, value, valid):
+    with pytest.raises(ValueError, match=valid):
+        build_model({**SMALL, field: value}, 10, 10)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "projected"),
+    [({"decoder_hidden": 16}, False), ({"decoder_hidden": 20}, True), ({"type": "transformer"}, False)],
+)
+def test_tied_embeddings_share_the_weight(overrides, projected):
+    model = small_model(tie_embeddings=True, **overrides)
+    embedding = model.tgt_embed if isinstance(model, TransformerSeq2Seq) else model.decoder.embed
+    output = model.output[-1] if projected else model.output
+    assert output.weight is embedding.weight
+    assert isinstance(model.output, torch.nn.Sequential) == projected
+    b = random_batch(0, size=2)
+    hidden, _ = model(b["src"], b["src_lengths"], b["tgt_in"])
+    model.project(hidden).sum().backward()
+    assert embedding.weight.grad is not None and embedding.weight.grad.abs().sum() > 0

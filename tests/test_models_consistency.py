@@ -1,0 +1,78 @@
+"""The fast teacher-forced path agrees with step-by-step decoding; padding changes nothing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_nmt.data.tokenizer import PAD_ID
+from lightning_nmt.models.attention import ATTENTIONS
+from tests.test_models_build import MODEL_KINDS, make_batch, random_batch, small_model
+
+
+def stepwise(model, batch):
+    """Features (B, T, D) and attention (B, T, S) | None from feeding tgt_in one token at a time."""
+    enc = model.encode(batch["src"], batch["src_lengths"])
+    state = model.init_state(enc)
+    features, weights = [], []
+    for t in range(batch["tgt_in"].size(1)):
+        step_features, state, step_weights = model.decoder.step(batch["tgt_in"][:, t], enc, state)
+        features.append(step_features)
+        weights.append(step_weights)
+    attention = None if weights[0] is None else torch.stack(weights, dim=1)
+    return torch.stack(features, dim=1), attention
+
+
+def loss(model, hidden, batch):
+    return F.cross_entropy(model.project(hidden).transpose(1, 2), batch["tgt_out"], ignore_index=PAD_ID)
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+@pytest.mark.parametrize("attention", [*ATTENTIONS, None])
+def test_fast_path_equals_step_by_step(attention, rnn_type):
+    kind = {"type": "basic"} if attention is None else {"attention": attention}
+    model = small_model(rnn_type=rnn_type, encoder_layers=2, decoder_layers=2, **kind)
+    batch = random_batch(1, size=4)
+    hidden, fast_attention = model(batch["src"], batch["src_lengths"], batch["tgt_in"], return_attention=True)
+    step_hidden, step_attention = stepwise(model, batch)
+    torch.testing.assert_close(step_hidden, hidden, atol=1e-5, rtol=0)
+    torch.testing.assert_close(loss(model, step_hidden, batch), loss(model, hidden, batch), atol=1e-5, rtol=0)
+    if attention is None:
+        assert fast_attention is None and step_attention is None
+    else:
+        torch.testing.assert_close(step_attention, fast_attention, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_input_feeding_forward_equals_decode_steps(rnn_type):
+    model = small_model(rnn_type=rnn_type, input_feeding=True, bidirectional=False)
+    batch = random_batch(2, size=4)
+    hidden, attention = model(batch["src"], batch["src_lengths"], batch["tgt_in"], return_attention=True)
+    step_hidden, step_attention = stepwise(model, batch)
+    torch.testing.assert_close(step_hidden, hidden, atol=1e-5, rtol=0)
+    torch.testing.assert_close(step_attention, attention, atol=1e-5, rtol=0)
+
+
+def test_input_feeding_changes_the_model():
+    batch = random_batch(3, size=2)
+    plain, _ = small_model(input_feeding=False)(batch["src"], batch["src_lengths"], batch["tgt_in"])
+    feeding = small_model(input_feeding=True)
+    assert feeding.decoder.rnn.input_size == 16 + 20
+    fed, _ = feeding(batch["src"], batch["src_lengths"], batch["tgt_in"])
+    assert not torch.allclose(plain, fed)
+
+
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
+def test_padding_changes_nothing(kind):
+    model = small_model(**MODEL_KINDS[kind])
+    alone = make_batch([[5, 6, 7]], [[8, 9]])
+    both = make_batch([[5, 6, 7], [4, 5, 6, 7, 8, 9, 10]], [[8, 9], [4, 5, 6, 7, 8, 9]])
+    for name in ("src", "tgt_in"):  # one more padding column than needed
+        both[name] = F.pad(both[name], (0, 1), value=PAD_ID)
+    hidden, attention = model(alone["src"], alone["src_lengths"], alone["tgt_in"], return_attention=True)
+    padded_hidden, padded_attention = model(
+        both["src"], both["src_lengths"], both["tgt_in"], return_attention=True
+    )
+    torch.testing.assert_close(padded_hidden[:1, :3], hidden, atol=1e-5, rtol=0)
+    if attention is not None:
+        torch.testing.assert_close(padded_attention[:1, :3, :4], attention, atol=1e-5, rtol=0)
+        assert torch.all(padded_attention[0, :, 4:] == 0.0)
