@@ -23,7 +23,7 @@ train: $(VENV)/.installed
 	$(VENV)/bin/lnmt-train $(ARGS)
 
 test: $(VENV)/.installed
-	WANDB_MODE=offline $(VENV)/bin/pytest $(PYTEST_ARGS)
+	WANDB_MODE=offline $(VENV)/bin/pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check lightning_nmt tests benchmarks

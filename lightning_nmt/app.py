@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_nmt.callbacks import ExampleTranslations, RunSummary, TestOutputs
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
 from lightning_nmt.errors import CheckpointError, UserError
 from lightning_nmt.module import TranslationModule, read_checkpoint
 
@@ -117,11 +120,10 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger:
     if id_file.is_file():
         run_id = id_file.read_text().strip()
     else:
-        import wandb
-
-        run_id = wandb.util.generate_id()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(id_file, run_id + "\n")
+        run_id = uuid.uuid4().hex[:8]  # wandb's own id format (wandb.util.generate_id is gone in 0.31)
+        if rank_zero_only.rank == 0:  # ranks started at once (torchrun, SLURM) must not race for the file
+            output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(id_file, run_id + "\n")
     overrides = runtime.get("overrides", [])
     if runtime.get("multirun"):
         group = lcfg.group or f"{cfg.task_name}-{Path(runtime['sweep_dir']).name}"
@@ -189,6 +191,7 @@ def check_compatible(module: TranslationModule, ckpt_path: str) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, test the best checkpoint, write metrics.json; returns the metrics."""
     started = time.time()
+    install_hydra_relaunch()
     output_dir = Path(cfg.paths.output_dir).resolve()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, cfg.seed)
@@ -204,9 +207,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **to_dict(cfg.trainer), default_root_dir=str(output_dir), logger=loggers or False,
         callbacks=callbacks, use_distributed_sampler=False,
     )
+    batch = effective_batch(cfg, trainer.world_size)
     if trainer.is_global_zero:
+        log.info("effective batch: %s", batch)
         for logger in loggers:
-            logger.log_hyperparams({"config": to_dict(cfg)})
+            logger.log_hyperparams({"config": to_dict(cfg), "effective_batch": batch})
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         summary = next(cb for cb in callbacks if isinstance(cb, RunSummary))
@@ -226,12 +231,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics.update(_test_metrics(trainer.callback_metrics))
         metrics["wall_seconds"] = time.time() - started
         metrics["model"] = to_dict(cfg.model)["type"]
+        metrics["effective_batch"] = batch
         if trainer.is_global_zero:
             atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             log.info("run directory: %s", output_dir)
         return metrics
     finally:
         _finish_loggers(loggers)
+        end_job()
 
 
 def _test_metrics(callback_metrics: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:

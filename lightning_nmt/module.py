@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.text import CHRFScore, SacreBLEUScore
 
 from lightning_nmt.data.tokenizer import PAD_ID, Tokenizer
+from lightning_nmt.distributed import all_reduce_sum, world_size
 from lightning_nmt.errors import CheckpointError
 from lightning_nmt.models import build_model
 from lightning_nmt.models.search import SearchResult, search
@@ -112,11 +113,18 @@ class TranslationModule(L.LightningModule):
         return loss, real.sum()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Loss summed over this rank's target tokens / target tokens of all ranks.
+
+        Data-parallel strategies average gradients over ranks, so the returned value is scaled by the
+        world size: the step is then the gradient of the mean over every real token of the global batch,
+        whatever each rank's share of tokens (as one process with the whole batch would take).
+        """
         loss_sum, n_tokens = self.token_loss(batch, self.hparams.label_smoothing)
-        loss = loss_sum / n_tokens
-        self.train_loss.update(loss)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["src"].size(0))
-        return loss
+        totals = all_reduce_sum(torch.stack([loss_sum.detach(), n_tokens.to(loss_sum.dtype)]))
+        mean_loss = totals[0] / totals[1]
+        self.train_loss.update(mean_loss)
+        self.log("train/loss", mean_loss, prog_bar=True, batch_size=batch["src"].size(0))
+        return loss_sum * world_size() / totals[1]
 
     def on_train_epoch_start(self) -> None:
         # Lightning calls set_epoch on samplers, not on batch samplers: reshuffle the token batches here.

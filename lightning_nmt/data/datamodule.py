@@ -150,6 +150,9 @@ class ParallelDataModule(L.LightningDataModule):
             self._load()
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if "train" not in self._data.splits:  # set up by setup_eval: test sets only
+            self._rank, self._world = rank, world
+            return
         if self.train_sampler is None or (rank, world) != (self._rank, self._world):
             self._rank, self._world = rank, world
             train = self.dataset("train")
