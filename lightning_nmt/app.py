@@ -26,10 +26,13 @@ from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
 from lightning_nmt.errors import CheckpointError, UserError
 from lightning_nmt.module import TranslationModule, read_checkpoint
+from lightning_nmt.resume import AtomicCheckpointIO, LastCheckpoint, Preempted, ResumeState, cluster_plugins
+from lightning_nmt.sweeps import skip_duplicate, swept_keys, swept_overrides
 
 log = logging.getLogger("lightning_nmt")
 
 WANDB_ID_FILE = "wandb_id.txt"
+LAST_CKPT = "last.ckpt"
 
 
 def to_dict(node: Any) -> Any:
@@ -64,6 +67,7 @@ def hydra_runtime() -> dict[str, Any]:
         "overrides": list(hc.overrides.task),
         "override_dirname": hc.job.override_dirname,
         "job_num": hc.job.num if multirun else None,
+        "swept_keys": sorted(swept_keys(hc.sweep.dir, hc.sweeper.get("params"))) if multirun else [],
     }
 
 
@@ -129,7 +133,8 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger:
         group = lcfg.group or f"{cfg.task_name}-{Path(runtime['sweep_dir']).name}"
     else:
         group = lcfg.group or cfg.task_name
-    name = lcfg.name or runtime.get("override_dirname") or output_dir.name
+    swept = swept_overrides(overrides, set(runtime.get("swept_keys", [])))
+    name = lcfg.name or ",".join(swept) or runtime.get("override_dirname") or output_dir.name
     tags = [tag[:64] for tag in [*lcfg.tags, *overrides] if not tag.startswith(("resume", "ckpt_path", "hydra."))]
     logger = WandbLogger(
         project=lcfg.project, entity=lcfg.entity, group=group, name=name, tags=tags, id=run_id,
@@ -139,18 +144,21 @@ def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger:
 
 
 def build_callbacks(cfg: DictConfig, output_dir: Path, has_logger: bool) -> list[L.Callback]:
-    ckpt = cfg.callbacks.model_checkpoint
+    """Run outputs, and checkpoints: the best k by `monitor` at each validation (a resumed run overwrites
+    its own files rather than adding `-v1` copies), and last.ckpt (see `LastCheckpoint`)."""
+    ckpt, ckpt_dir = cfg.callbacks.model_checkpoint, output_dir / "checkpoints"
     callbacks: list[L.Callback] = [
         ModelCheckpoint(
-            dirpath=str(output_dir / "checkpoints"),
+            dirpath=str(ckpt_dir),
             filename="best-step{step:06d}-bleu{val/bleu:.2f}",
             auto_insert_metric_name=False,
-            monitor=ckpt.monitor, mode=ckpt.mode, save_top_k=ckpt.save_top_k, save_last=True,
-            every_n_train_steps=ckpt.every_n_train_steps,
+            monitor=ckpt.monitor, mode=ckpt.mode, save_top_k=ckpt.save_top_k, enable_version_counter=False,
         ),
         RunSummary(),
         ExampleTranslations(cfg.callbacks.num_examples),
         TestOutputs(output_dir),
+        ResumeState(),
+        LastCheckpoint(ckpt_dir / LAST_CKPT, ckpt.every_n_train_steps),
     ]
     if cfg.callbacks.early_stopping.enabled:
         es = cfg.callbacks.early_stopping
@@ -161,15 +169,19 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_logger: bool) -> list
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
-    """The checkpoint to continue from: `ckpt_path=...`, or with `resume=auto` the run's last.ckpt."""
+    """The checkpoint to continue from: `ckpt_path=...`, or with `resume=auto` the run's last.ckpt.
+    Without either, a last.ckpt already in the run directory is an error rather than overwritten."""
     if cfg.ckpt_path:
         return str(cfg.ckpt_path)
+    last = output_dir / "checkpoints" / LAST_CKPT
     if to_dict(cfg)["resume"] == "auto":
-        last = output_dir / "checkpoints" / "last.ckpt"
         if last.is_file():
             log.info("resume=auto: continuing from %s", last)
             return str(last)
         log.info("resume=auto: no checkpoint in %s, starting fresh", output_dir / "checkpoints")
+    elif last.is_file():
+        raise CheckpointError(f"{last} exists: pass resume=auto to continue that run, or choose another "
+                              "hydra.run.dir to start a new one")
     return None
 
 
@@ -193,6 +205,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     install_hydra_relaunch()
     output_dir = Path(cfg.paths.output_dir).resolve()
+    duplicate = skip_duplicate(cfg, output_dir, hydra_runtime())
+    if duplicate is not None:
+        return duplicate
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, cfg.seed)
     datamodule.prepare_data()
@@ -206,6 +221,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = L.Trainer(
         **to_dict(cfg.trainer), default_root_dir=str(output_dir), logger=loggers or False,
         callbacks=callbacks, use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )
     batch = effective_batch(cfg, trainer.world_size)
     if trainer.is_global_zero:
@@ -213,7 +229,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:
             logger.log_hyperparams({"config": to_dict(cfg), "effective_batch": batch})
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except Preempted as stop:
+            log.warning("%s; continue with: resume=auto hydra.run.dir=%s", stop, output_dir)
+            raise SystemExit(stop.exit_code) from None
         summary = next(cb for cb in callbacks if isinstance(cb, RunSummary))
         metrics: dict[str, Any] = {
             "val": {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()

@@ -64,10 +64,20 @@ class RunSummary(L.Callback):
         self._batch_start = 0.0
         self.result: dict[str, float] = {}
         self.val_history: list[dict[str, float]] = []
+        self._restored = {"train_tgt_tokens": 0, "train_seconds": 0.0}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Kept in checkpoints, so that metrics.json of a resumed run covers the whole run."""
+        tokens = int(self.tokens.item()) if self.tokens is not None else 0
+        return {"train_tgt_tokens": tokens, "train_seconds": self.train_seconds, "val_history": self.val_history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = {k: state_dict[k] for k in self._restored}
+        self.val_history = list(state_dict["val_history"])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.tokens = torch.zeros((), dtype=torch.long, device=pl_module.device)
-        self.train_seconds = 0.0
+        self.tokens = torch.tensor(self._restored["train_tgt_tokens"], dtype=torch.long, device=pl_module.device)
+        self.train_seconds = self._restored["train_seconds"]
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:

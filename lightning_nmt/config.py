@@ -241,7 +241,8 @@ class EvalConfig:
     data: DataConfig | None = None  # None: the corpus the checkpoint was trained on
     beam_size: int | None = None  # None: the checkpoint's decoding.beam_size
     batch_max_tokens: int = 8192
-    output: str | None = None  # JSON file; default: next to the checkpoint's run (eval.json)
+    output: str | None = None  # JSON file; default: <hydra run dir>/eval.json
+    length_buckets: int = 3  # also report BLEU of the shortest ... longest third of the sources
     accelerator: str = "cpu"
     paths: PathsConfig = field(default_factory=PathsConfig)
     task_name: str = "eval"

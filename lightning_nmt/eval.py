@@ -50,6 +50,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "ppl": float(trainer.callback_metrics[f"{prefix}/ppl"]),
             "sentences": len(hyps),
             "beam_size": module.hparams.decoding["beam_size"],
+            "by_source_length": bleu_by_length(datamodule.sources(name), hyps, refs, cfg.length_buckets),
         }
     output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "eval.json"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_text(output, text + "\n")
     print(text)
     return results
+
+
+def bleu_by_length(sources: list[str], hyps: list[str], refs: list[str], buckets: int) -> list[dict[str, Any]]:
+    """Corpus BLEU of `buckets` equal-sized groups of sentences, from the shortest sources to the longest
+    (source length in words); shows whether a model forgets long sentences."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i].split()))
+    groups = [order[k * len(order) // buckets:(k + 1) * len(order) // buckets] for k in range(buckets)]
+    out = []
+    for group in groups:
+        if not group:
+            continue
+        lengths = [len(sources[i].split()) for i in group]
+        score = sacrebleu.metrics.BLEU().corpus_score([hyps[i] for i in group], [[refs[i] for i in group]])
+        out.append({"min_words": min(lengths), "max_words": max(lengths), "sentences": len(group),
+                    "bleu": score.score})
+    return out
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")

@@ -62,6 +62,18 @@ def _greedy_batches(order: np.ndarray, width: np.ndarray, max_tokens: int) -> li
     return batches
 
 
+def _split_to(batches: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Halve the largest batches until there are ``n``, so that each of ``n`` ranks gets at least one
+    (Lightning refuses a rank without evaluation batches); the order stays length-sorted."""
+    batches = list(batches)
+    while len(batches) < n:
+        i = max(range(len(batches)), key=lambda j: len(batches[j]), default=None)
+        if i is None or len(batches[i]) < 2:
+            break
+        batches[i:i + 1] = np.array_split(batches[i], 2)
+    return batches
+
+
 class TokenBatchSampler(Sampler[list[int]]):
     """Batches of example indices bounded by a token budget, for a DataLoader's ``batch_sampler``.
 
@@ -76,7 +88,8 @@ class TokenBatchSampler(Sampler[list[int]]):
     ``num_replicas``-th batch from ``r``.
 
     Evaluation (``shuffle=False``): examples sorted by (source, target) length, batch ``i`` goes to rank
-    ``i % num_replicas`` (``even=False``: disjoint shards covering every example once, sizes may differ).
+    ``i % num_replicas`` (``even=False``: disjoint shards covering every example once, sizes may differ;
+    batches are halved until every rank has at least one, given at least ``num_replicas`` examples).
 
     Resume: ``state_dict()`` gives the epoch and the number of batches handed out in it (including
     batches prefetched by DataLoader workers); ``skip(n)`` / ``load_state_dict`` make the next iteration
@@ -111,7 +124,8 @@ class TokenBatchSampler(Sampler[list[int]]):
         """All ranks' batches of the current epoch, in iteration order, before sharding."""
         width = np.maximum(self.src_widths, self.tgt_widths)
         if not self.shuffle:
-            return _greedy_batches(np.lexsort((self.tgt_widths, self.src_widths)), width, self.max_tokens)
+            batches = _greedy_batches(np.lexsort((self.tgt_widths, self.src_widths)), width, self.max_tokens)
+            return _split_to(batches, self.num_replicas)
         rng = np.random.default_rng(self.seed + self.epoch)
         order = np.lexsort((rng.random(len(width)), self.src_widths, self.tgt_widths))
         batches = _greedy_batches(order, width, self.max_tokens)
@@ -171,9 +185,13 @@ class TokenBatchSampler(Sampler[list[int]]):
 
 
 def make_loader(dataset: EncodedDataset, sampler: TokenBatchSampler, num_workers: int = 0) -> DataLoader:
-    """DataLoader over ``dataset`` with ``sampler`` as batch sampler and ``collate``."""
+    """DataLoader over ``dataset`` with ``sampler`` as batch sampler and ``collate``.
+
+    Its own generator (for the workers' base seed) keeps each new iterator from drawing on the global torch
+    RNG, so the RNG stream of training does not depend on where an epoch (or a resumed run) starts.
+    """
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(sampler.seed))
 
 
 def make_eval_loader(

@@ -191,8 +191,11 @@ class ParallelDataModule(L.LightningDataModule):
         return self._data.splits[name]
 
     def _eval_loader(self, name: str) -> DataLoader:
-        return make_eval_loader(self.dataset(name), self.eval_max_tokens, self.num_workers,
-                                self._world, self._rank)
+        dataset = self.dataset(name)
+        if len(dataset) < self._world:
+            raise DataError(f"the {name} set has {len(dataset)} examples, fewer than the {self._world} "
+                            "processes that evaluate it (trainer.devices x trainer.num_nodes)")
+        return make_eval_loader(dataset, self.eval_max_tokens, self.num_workers, self._world, self._rank)
 
     def train_dataloader(self) -> DataLoader:
         return make_loader(self.dataset("train"), self.train_sampler, self.num_workers)

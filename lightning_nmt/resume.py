@@ -1,0 +1,198 @@
+"""Exact resume: atomic checkpoint files, the data position and RNG states inside every checkpoint, and a
+clean stop (checkpoint first) on SIGTERM / SIGUSR1 / SIGUSR2.
+
+Everything stored here is plain Python data or tensors, so checkpoints load with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lightning_nmt.data.atomic import atomic_path
+
+log = logging.getLogger("lightning_nmt")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+RESUME_KEY = "resume_state"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`torch.save` to a temporary file in the checkpoint's directory, fsync, then `os.replace`: a kill during
+    a save leaves the previous file intact (Lightning's own save goes through a temporary file in the
+    system temp dir and `shutil.move`, a copy without fsync when /tmp is another filesystem).
+    Loads with `weights_only=True` unless asked otherwise, so a checkpoint cannot run code."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location,
+                                       weights_only=True if weights_only is None else weights_only)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and Python RNG states as tensors and plain Python values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `rng_state`; CUDA states are restored when the device count matches."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+class ResumeState(L.Callback):
+    """Stores the position inside the epoch and the RNG states in each checkpoint; on resume the train
+    batch sampler continues with the batch after the last one trained, and the RNG states are restored
+    just before that batch, so a resumed run takes the same steps as an uninterrupted one.
+
+    The position is the trainer's count of batches processed in the epoch, not the sampler's own count
+    (which includes batches prefetched by DataLoader workers).
+    """
+
+    def __init__(self) -> None:
+        self._pending_rng: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint[RESUME_KEY] = {
+            "sampler": {"epoch": trainer.current_epoch,
+                        "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed},
+            "rng": rng_state(),
+        }
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(RESUME_KEY)
+        if state is None:
+            log.warning("the checkpoint has no data position or RNG state: the epoch restarts")
+            return
+        sampler = getattr(trainer.datamodule, "train_sampler", None)
+        if sampler is not None:
+            sampler.load_state_dict(state["sampler"])
+        self._pending_rng = state["rng"]
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+
+class Preempted(Exception):
+    """Training stopped on a signal after saving a checkpoint."""
+
+    def __init__(self, signum: int, step: int, path: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint: {path}")
+        self.signum, self.step, self.path = signum, step, path
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, the shell's convention for a process ended by that signal."""
+        return 128 + self.signum
+
+
+class LastCheckpoint(L.Callback):
+    """Keeps `path` (last.ckpt) the latest state of the run: after each validation, every
+    `every_n_train_steps` steps, at the end of training, and on SIGTERM, SIGUSR1 or SIGUSR2 (SLURM preemption
+    or time limit), after which training stops by raising `Preempted`. All ranks call
+    `trainer.save_checkpoint` together; rank 0 writes.
+
+    (ModelCheckpoint's `save_last` only refreshes last.ckpt when a top-k checkpoint was saved at that step.)
+    Signals are acted on at the next training batch end. The handlers replace Lightning's while training runs;
+    a Python handler installed before the run (submitit's requeue handler on SIGUSR2) is called after the
+    checkpoint is saved.
+    """
+
+    def __init__(self, path: str | os.PathLike, every_n_train_steps: int | None = None) -> None:
+        self.path = Path(path)
+        self.every_n_train_steps = every_n_train_steps
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._saved_step = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self._saved_step = trainer.global_step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received = None
+        for signum in self._previous:
+            signal.signal(signum, self._notify)
+
+    def _notify(self, signum: int, frame: Any) -> None:
+        log.warning("received %s: saving a checkpoint at the end of this batch", signal.Signals(signum).name)
+        self.received = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self._stop(trainer, self.received or signal.SIGTERM)
+        n = self.every_n_train_steps
+        if n and trainer.global_step % n == 0 and trainer.global_step != self._saved_step:
+            self._save(trainer)
+
+    def _stop(self, trainer: L.Trainer, signum: int) -> None:
+        self._save(trainer)
+        previous = self._previous.get(signum)
+        self._restore_handlers()
+        if callable(previous):
+            previous(signum, None)  # e.g. submitit: requeue the job (and exit)
+        raise Preempted(signum, trainer.global_step, self.path)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        if trainer.global_step != self._saved_step:
+            self._save(trainer)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def cluster_plugins() -> list[Any]:
+    """Under SLURM, Lightning's own requeue (an `hpc_ckpt_*.ckpt` on SIGUSR1) is switched off: signals are
+    handled by `LastCheckpoint` and the requeue by submitit or SLURM itself."""
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []

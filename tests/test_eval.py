@@ -1,0 +1,18 @@
+"""BLEU by source length: the groups split the test set by length and score each group alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_nmt.eval import bleu_by_length
+
+
+def test_bleu_by_length_groups_and_scores() -> None:
+    sources = [" ".join(["w"] * n) for n in (9, 1, 5, 3, 7, 11)]
+    refs = [f"the reference sentence number {i} is here ." for i in range(6)]
+    hyps = list(refs)
+    hyps[5] = "something else entirely"  # the longest source (11 words) is translated badly
+    groups = bleu_by_length(sources, hyps, refs, buckets=3)
+    assert [(g["min_words"], g["max_words"], g["sentences"]) for g in groups] == [(1, 3, 2), (5, 7, 2), (9, 11, 2)]
+    assert groups[0]["bleu"] == pytest.approx(100.0) and groups[1]["bleu"] == pytest.approx(100.0)
+    assert groups[2]["bleu"] < 90.0
