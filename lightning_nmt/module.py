@@ -8,6 +8,7 @@ translator.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +276,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory is at the very end
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: not a complete "
+                              "torch archive)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, pickle garbage, disallowed globals...

@@ -25,7 +25,8 @@ DEDUP_DIR = ".dedup"
 IGNORED_KEYS = ("paths", "logger", "task_name", "resume", "ckpt_path", "hydra")
 """Top-level keys that do not change what a job trains or measures."""
 
-IGNORED_TRAINER_KEYS = ("enable_progress_bar",)
+IGNORED_SUBKEYS = {"trainer": ("enable_progress_bar",), "data": ("cache_dir", "num_workers")}
+"""Keys inside sections that change where or how fast, not what, a job trains."""
 
 _TRANSFORMER_KEYS = ("d_model", "nhead", "ffn_dim", "transformer_layers")
 _ATTENTION_KEYS = ("attention", "input_feeding")
@@ -42,13 +43,18 @@ UNUSED_MODEL_KEYS: dict[str, tuple[str, ...]] = {
 def effective_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a resolved train config that decides the result: without paths, logger and resume keys,
     and without the model keys the chosen model type does not read."""
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    eff = {k: v for k, v in plain.items() if k not in IGNORED_KEYS}
-    if isinstance(eff.get("trainer"), dict):
-        eff["trainer"] = {k: v for k, v in eff["trainer"].items() if k not in IGNORED_TRAINER_KEYS}
+    eff = {k: _plain(cfg[k]) for k in cfg if k not in IGNORED_KEYS}
+    for section, keys in IGNORED_SUBKEYS.items():
+        if isinstance(eff.get(section), dict):
+            eff[section] = {k: v for k, v in eff[section].items() if k not in keys}
     model = dict(eff.get("model", {}))
     eff["model"] = {k: v for k, v in model.items() if k not in UNUSED_MODEL_KEYS.get(str(model.get("type")), ())}
     return eff
+
+
+def _plain(node: Any) -> Any:
+    """A resolved plain copy of a config node (resolved against its root config)."""
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if OmegaConf.is_config(node) else node
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:

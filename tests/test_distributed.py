@@ -100,6 +100,13 @@ def test_eval_set_smaller_than_world_is_a_clear_error(tmp_path):
         datamodule.val_dataloader()
 
 
+def test_slurm_launcher_starts_one_task_per_device_on_each_node():
+    cfg = compose_config("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
+    launcher = cfg.hydra.launcher
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+    assert launcher._target_.endswith("SlurmLauncher")
+
+
 # ---- end to end: 2-process DDP on the CPU --------------------------------------------------------------
 
 @pytest.mark.slow
@@ -118,10 +125,10 @@ def test_ddp_cpu_run_scores_whole_sets_shards_disjointly_and_writes_one_run(tmp_
     assert [p.relative_to(tmp_path) for p in tmp_path.rglob("metrics.json")] == [Path("run/metrics.json")]
     assert [p.relative_to(tmp_path) for p in tmp_path.rglob(".hydra")] == [Path("run/.hydra")]
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1
-    assert sorted(p.name for p in run.glob("*.log")) == ["ddp_probe.log", "ddp_probe_rank1.log"]
+    assert sorted(p.name for p in run.glob("*.log")) == ["train.log", "train_rank1.log"]
     # sentencepiece trained once: rank 1 found the cache rank 0 built
-    assert "training sentencepiece" in (run / "ddp_probe.log").read_text()
-    assert "using the binarized corpus cached" in (run / "ddp_probe_rank1.log").read_text()
+    assert "training sentencepiece" in (run / "train.log").read_text()
+    assert "using the binarized corpus cached" in (run / "train_rank1.log").read_text()
 
     # each rank trained on its own examples (4 steps stay inside epoch 0's unpadded batches)
     seen = [json.loads((run / f"train_ids.rank{r}.json").read_text()) for r in range(2)]
@@ -152,10 +159,11 @@ def test_ddp_multirun_runs_each_job_once(tmp_path):
     """Two DDP jobs in one `-m` sweep: each rank 1 runs only its own job, and job 2 does not inherit job 1's
     process group (without the relaunch patch and `end_job` job 2 fails with a gloo error)."""
     sweep = tmp_path / "multi"
-    run_train("lightning_nmt.train", [
+    proc = run_train("lightning_nmt.train", [
         "-m", "trainer=ddp_cpu", "seed=1,2", *TINY, "trainer.max_steps=2", "trainer.val_check_interval=2",
         "test_after_training=false", "logger=csv", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path}/cache",
     ], cwd=tmp_path)
+    assert (proc.stdout + proc.stderr).count("Launching 2 jobs") == 1  # rank 1 did not start the sweep again
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "multi"]
     assert sorted(p.relative_to(sweep).as_posix() for p in sweep.rglob("metrics.json")) == \
         ["0/metrics.json", "1/metrics.json"]
@@ -171,11 +179,11 @@ def test_bf16_mixed_precision_on_cpu_end_to_end(tmp_path):
     run = tmp_path / "run"
     run_train("lightning_nmt.train", [
         *TINY, "trainer.precision=bf16-mixed", "trainer.max_steps=3", "trainer.val_check_interval=3",
-        "logger=none", f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path}/cache",
+        "test_after_training=false", "logger=none", f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path}/cache",
     ], cwd=tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == 3
-    assert all(torch.isfinite(torch.tensor(metrics[split]["loss"])) for split in ("val", "test"))
+    assert metrics["steps"] == 3 and [v["step"] for v in metrics["val_history"]] == [3]
+    assert 0 < metrics["val"]["loss"] < 20 and 0 <= metrics["val"]["chrf"] <= 100
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert {t.dtype for t in state.values()} == {torch.float32}  # mixed precision keeps fp32 master weights
 
