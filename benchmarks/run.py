@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.batching import collate
 from lightning_nmt.module import TranslationModule
+from lightning_nmt.perf import tune_allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 JOEY = ROOT.parent / "shared" / "bench" / "peers" / "joey_rnn.sh"
@@ -224,6 +225,7 @@ def run_joey(steps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    tune_allocator()
     if not Path(args.data, "train.en.gz").is_file():
         sys.exit(f"error: Multi30k not found in {args.data} (pass --data DIR or set MULTI30K_ROOT)")
     result = run_ours(args)
