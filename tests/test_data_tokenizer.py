@@ -82,3 +82,14 @@ def test_invalid_settings_are_data_errors():
     with pytest.raises(DataError, match="sentencepiece training failed"):
         Tokenizer.train(EN, FR, model_type="bpe", vocab_size=50)
     assert settings_from_config({"type": "bpe"})["vocab_size"] == 8000
+
+
+def test_decoded_hypothesis_is_one_line(tmp_path) -> None:
+    """Byte-fallback pieces of line breaks (which an untrained model can emit) never split a hypothesis."""
+    from lightning_nmt.data.tokenizer import Tokenizer
+
+    lines = [f"a small line {i} with words" for i in range(200)]
+    tok = Tokenizer.train(lines, lines, model_type="bpe", vocab_size=300, joint=True)
+    newline_ids = tok.encode_tgt(["x\ny\rz\u2028w"])[0]
+    (text,) = tok.decode_tgt([newline_ids])
+    assert text == "x y z w" and len(text.splitlines()) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from lightning_nmt.data.atomic import atomic_write_bytes, atomic_write_text
 from lightning_nmt.data.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # what str.splitlines() splits on
 MODEL_TYPES = ("unigram", "bpe")
 CONFIG_KEYS = {"type": "model_type", "vocab_size": "vocab_size", "joint": "joint",
                "character_coverage": "character_coverage"}
@@ -124,8 +126,12 @@ class Tokenizer:
         return self._tgt.encode(list(lines))
 
     def decode_tgt(self, ids_list: Iterable[Iterable[int]]) -> list[str]:
-        """Target ids -> sentences; each sequence stops at its first EOS, PAD and BOS are ignored."""
-        return self._tgt.decode([_content_ids(ids) for ids in ids_list])
+        """Target ids -> sentences; each sequence stops at its first EOS, PAD and BOS are ignored.
+
+        Byte-fallback pieces can spell a line break (e.g. an undertrained model emitting <0x0A>); it
+        becomes a space, so one sentence always stays one line of a hypothesis file.
+        """
+        return [LINE_BREAK.sub(" ", text) for text in self._tgt.decode([_content_ids(ids) for ids in ids_list])]
 
     def src_pieces(self, line: str) -> list[str]:
         """The pieces of the model input for ``line``, EOS (``</s>``) included: one per source position."""
