@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.data, "train.en.gz").is_file():
         sys.exit(f"error: Multi30k not found in {args.data} (pass --data DIR or set MULTI30K_ROOT)")
     result = run_ours(args)
+    print(json.dumps(result), flush=True)  # ours alone first; with --joey the combined line comes last
     if args.joey:
         joey = run_joey(args.steps)
         result["joey"] = joey
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         if joey.get("peak_rss_mb"):
             ratios["peak_rss_mb"] = result["peak_rss_mb"] / joey["peak_rss_mb"]
         result["ratio_vs_joey"] = ratios
-    print(json.dumps(result))
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -227,7 +227,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     batch = effective_batch(cfg, trainer.world_size)
     if trainer.is_global_zero:
-        log.info("effective batch: %s", batch)
+        log.info("effective batch: %s; padded fraction of target positions: %.3f", batch,
+                 datamodule.padding_fraction)
         for logger in loggers:
             logger.log_hyperparams({"config": to_dict(cfg), "effective_batch": batch})
     try:
@@ -254,6 +255,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["wall_seconds"] = time.time() - started
         metrics["model"] = to_dict(cfg.model)["type"]
         metrics["effective_batch"] = batch
+        metrics["padding_fraction"] = datamodule.padding_fraction
         if trainer.is_global_zero:
             atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             log.info("run directory: %s", output_dir)

@@ -47,6 +47,7 @@ def test_train_writes_every_output(trained_run: Path) -> None:
         assert set(metrics[split]) >= {"loss", "ppl", "bleu", "chrf"}
         assert metrics[split]["ppl"] == pytest.approx(torch.tensor(metrics[split]["loss"]).exp().item(), rel=1e-4)
     assert metrics["train_tgt_tokens_per_sec"] > 0 and metrics["wall_seconds"] > 0
+    assert 0.0 <= metrics["padding_fraction"] < 0.1  # length bucketing
     assert [h["step"] for h in metrics["val_history"]] == [6, 12]
     hyps = (trained_run / "test.hyp.txt").read_text().split("\n")
     assert len(hyps) == 41 and hyps[-1] == ""  # 40 lines, newline-terminated
