@@ -294,8 +294,15 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _make_optimizer(params: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
     name = cfg["name"]
-    if name == "adam":
-        return torch.optim.Adam(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"])
+    if name in ("adam", "adamw"):
+        params = list(params)
+        # The fused kernel updates all parameters in one pass: 24 -> 7 ms per step for the benchmark's model on
+        # the CPU (benchmarks/README.md); CPU support came with torch 2.4.
+        fused = _FUSED_ADAM and all(p.device.type in ("cpu", "cuda") for p in params)
+        adam = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return adam(params, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],
+                    fused=fused or None)
     return torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
+
+
+_FUSED_ADAM = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4)

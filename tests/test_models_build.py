@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from lightning_nmt.config import ModelConfig, ModelType
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lightning_nmt.models import Seq2Seq, build_model
+from lightning_nmt.models.base import Dropout
 from lightning_nmt.models.rnn import BasicDecoder
 from lightning_nmt.models.transformer import TransformerSeq2Seq
 
@@ -136,3 +137,22 @@ def test_tied_embeddings_share_the_weight(overrides, projected):
     hidden, _ = model(b["src"], b["src_lengths"], b["tgt_in"])
     model.project(hidden).sum().backward()
     assert embedding.weight.grad is not None and embedding.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_dropout_zeroes_a_fraction_p_and_keeps_the_expectation(p):
+    torch.manual_seed(0)
+    drop = Dropout(p)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = drop(x)
+    kept = y.ne(0)
+    assert abs(1 - kept.float().mean().item() - p) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    y.sum().backward()  # the gradient flows through the kept units only, scaled the same way
+    assert torch.equal(x.grad, y.detach())
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_dropout_of_one_zeroes_everything():
+    assert Dropout(1.0)(torch.ones(3, 4)).abs().sum() == 0

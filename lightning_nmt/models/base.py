@@ -46,6 +46,17 @@ def output_layer(hidden_size: int, vocab_size: int, tied: nn.Embedding | None) -
     return nn.Sequential(nn.Linear(hidden_size, tied.embedding_dim, bias=False), out)
 
 
+class Dropout(nn.Dropout):
+    """`nn.Dropout` with the mask drawn by `rand_like`: on the CPU `bernoulli_`, which `nn.Dropout` uses,
+    took 2x as long (16 vs 8 ms for a 1800 x 1024 tensor, fwd + bwd; 2% of a training step)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        scale = 1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0
+        return x * ((torch.rand_like(x) >= self.p) * scale)
+
+
 @dataclass
 class EncoderOutput:
     """What the encoder hands to the decoder; every field has the batch on dim 0.

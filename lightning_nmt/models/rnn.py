@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_nmt.data.tokenizer import PAD_ID
 from lightning_nmt.models.attention import build_attention
-from lightning_nmt.models.base import EncoderOutput, Seq2Seq, length_mask, lookup, output_layer
+from lightning_nmt.models.base import Dropout, EncoderOutput, Seq2Seq, length_mask, lookup, output_layer
 
 RNNS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -58,7 +58,7 @@ class RNNEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.rnn = build_rnn(rnn_type, embedding_dim, hidden_size, num_layers, dropout, bidirectional)
         self.output_size = hidden_size * (2 if bidirectional else 1)
 
@@ -101,7 +101,7 @@ class RNNDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.bridge = nn.Linear(encoder_size, hidden_size)
         self.rnn = build_rnn(rnn_type, embedding_dim + extra_input_size, hidden_size, num_layers, dropout)
         self.combine = nn.Linear(hidden_size + encoder_size, hidden_size)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_nmt.data.tokenizer import PAD_ID
-from lightning_nmt.models.base import EncoderOutput, Seq2Seq, length_mask, output_layer
+from lightning_nmt.models.base import Dropout, EncoderOutput, Seq2Seq, length_mask, output_layer
 
 
 class PositionalEncoding(nn.Module):
@@ -40,7 +40,7 @@ class DecoderLayer(nn.Module):
             nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model)
         )
         self.norm_self, self.norm_cross, self.norm_ffn = (nn.LayerNorm(d_model) for _ in range(3))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, x: Tensor, memory: Tensor, causal_mask: Tensor, memory_padding: Tensor, need_weights: bool
@@ -82,7 +82,7 @@ class TransformerSeq2Seq(Seq2Seq):
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=PAD_ID)
         self.scale = math.sqrt(d_model)
         self.positions = PositionalEncoding(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
             d_model, nhead, ffn_dim, dropout, batch_first=True, norm_first=True
         )

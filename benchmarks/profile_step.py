@@ -1,0 +1,81 @@
+"""Profile training steps of the benchmark's reference model outside Lightning (see benchmarks/README.md).
+
+    python benchmarks/profile_step.py [--steps 40] [--input-feeding] [--precision 32|bf16-mixed] [--profile ROWS]
+
+Uses the same data, calibrated batches and model as `run.py`, runs forward + backward + Adam in a plain
+loop (so the difference to `run.py`'s figure is the Trainer's own overhead), prints target tokens/s and
+torch.profiler's table of the most expensive operators (self CPU time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import lightning as L
+import torch
+from run import REFERENCE_MODEL, calibrate_max_tokens
+from torch.profiler import ProfilerActivity, profile
+
+from lightning_nmt.data import ParallelDataModule
+from lightning_nmt.module import TranslationModule
+from lightning_nmt.perf import tune_allocator
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--input-feeding", action="store_true")
+    p.add_argument("--precision", choices=["32", "bf16-mixed"], default="32")
+    p.add_argument("--data", default="../shared/data/multi30k")
+    p.add_argument("--attention", default="general")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="profile --steps more steps and print the ROWS most expensive operators")
+    args = p.parse_args()
+    tune_allocator()
+    L.seed_everything(42, verbose=False)
+    data = dict(corpus="multi30k", root=args.data, src_lang="en", tgt_lang="de", max_len=100,
+                tokenizer={"type": "bpe", "vocab_size": 8000, "joint": True, "character_coverage": 1.0},
+                cache_dir=".cache/lightning_nmt", seed=42)
+    dm = ParallelDataModule(**data)
+    dm.setup("fit")
+    max_tokens, _ = calibrate_max_tokens(dm, 1800)
+    dm = ParallelDataModule(**{**data, "max_tokens": max_tokens})
+    dm.setup("fit")
+    batches = list(itertools.islice(iter(dm.train_dataloader()), 20 + (2 if args.profile else 1) * args.steps))
+    model = {**REFERENCE_MODEL, "type": "attention", "attention": args.attention, "input_feeding": args.input_feeding}
+    module = TranslationModule(model=model, src_vocab_size=dm.tokenizer.src_vocab_size,
+                               tgt_vocab_size=dm.tokenizer.tgt_vocab_size, optim={}, scheduler={}, decoding={},
+                               label_smoothing=0.0)
+    module.train()
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    bf16 = args.precision == "bf16-mixed"
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss, n = module.token_loss(batch)
+        (loss / n).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for batch in batches[:20]:
+        step(batch)
+    timed = batches[20:20 + args.steps]
+    start = time.perf_counter()
+    for batch in timed:
+        step(batch)
+    seconds = time.perf_counter() - start
+    tokens = sum(int(b["tgt_out"].ne(0).sum()) for b in timed)
+    print(f"plain loop: {tokens / seconds:.0f} tgt tok/s ({seconds / len(timed) * 1000:.0f} ms/step, "
+          f"{tokens / len(timed):.0f} tok/step)")
+    if not args.profile:
+        return
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for batch in batches[20 + args.steps:]:
+            step(batch)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
+
+
+if __name__ == "__main__":
+    main()
