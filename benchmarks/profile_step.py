@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import resource
 import time
 
 import lightning as L
@@ -19,7 +20,7 @@ from run import REFERENCE_MODEL, calibrate_max_tokens
 from torch.profiler import ProfilerActivity, profile
 
 from lightning_nmt.data import ParallelDataModule
-from lightning_nmt.module import TranslationModule
+from lightning_nmt.module import TranslationModule, _make_optimizer
 from lightning_nmt.perf import tune_allocator
 
 
@@ -49,7 +50,7 @@ def main() -> None:
                                tgt_vocab_size=dm.tokenizer.tgt_vocab_size, optim={}, scheduler={}, decoding={},
                                label_smoothing=0.0)
     module.train()
-    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    opt = _make_optimizer(module.parameters(), {"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0})
     bf16 = args.precision == "bf16-mixed"
 
     def step(batch: dict[str, torch.Tensor]) -> None:
@@ -67,8 +68,9 @@ def main() -> None:
         step(batch)
     seconds = time.perf_counter() - start
     tokens = sum(int(b["tgt_out"].ne(0).sum()) for b in timed)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
     print(f"plain loop: {tokens / seconds:.0f} tgt tok/s ({seconds / len(timed) * 1000:.0f} ms/step, "
-          f"{tokens / len(timed):.0f} tok/step)")
+          f"{tokens / len(timed):.0f} tok/step), peak RSS {peak_mb} MB")
     if not args.profile:
         return
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -123,8 +123,11 @@ def _log_probs(
     logits, state, weights = model.decode_step(tokens, enc, state)
     log_probs = logits.float().log_softmax(dim=-1)
     log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")
-    not_eos = torch.arange(log_probs.size(1), device=log_probs.device) != EOS_ID
-    return log_probs.masked_fill(last.unsqueeze(1) & not_eos, float("-inf")), state, weights
+    if bool(last.any()):  # rows at their length limit may only end; touching (R, V) every step cost 4%
+        eos = log_probs[last, EOS_ID]
+        log_probs[last] = float("-inf")
+        log_probs[last, EOS_ID] = eos
+    return log_probs, state, weights
 
 
 @torch.no_grad()
@@ -196,11 +199,13 @@ def beam_search(
         n = len(active)
         last = max_len[active] == t + 1
         log_probs, state, weights = _log_probs(model, tokens, enc, state, last.repeat_interleave(k))
-        vocab = log_probs.size(1)
-        candidates = (beam_scores.view(-1, 1) + log_probs).view(n, k * vocab)
+        # the 2k best of each row first, then the 2k best of the sentence's k x 2k: the same candidates as one
+        # top-k over (n, k * V), in a third of the time on the CPU
+        row_scores, row_words = log_probs.topk(2 * k, dim=1)  # (n * k, 2k)
+        candidates = (beam_scores.view(-1, 1) + row_scores).view(n, 2 * k * k)
         top_scores, top = candidates.topk(2 * k, dim=1)
-        rows = top // vocab + torch.arange(0, n * k, k, device=device).unsqueeze(1)  # (n, 2k) rows extended
-        words = top % vocab
+        rows = top // (2 * k) + torch.arange(0, n * k, k, device=device).unsqueeze(1)  # (n, 2k) rows extended
+        words = row_words.view(n, 2 * k * k).gather(1, top)
         is_eos = words == EOS_ID
         # the best k candidates that end with EOS are finished hypotheses
         sent, cand = (is_eos[:, :k] & top_scores[:, :k].isfinite()).nonzero(as_tuple=True)
