@@ -40,6 +40,10 @@ from lightning_nmt.perf import tune_allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 JOEY = ROOT.parent / "shared" / "bench" / "peers" / "joey_rnn.sh"
+# Joey's decoding settings: beam alpha 1.0, at most 1.5 x source length; "forced" decoding sets the minimum length
+# to the maximum, so every hypothesis is at least as long as Joey's (whose undertrained outputs run long)
+FORCED = {"beam_size": 5, "val_beam_size": 1, "nbest": 1, "length_penalty": 1.0, "max_len_ratio": 1.5,
+          "max_len_offset": 0, "min_len_ratio": 1.5}
 WARMUP = 20  # steps excluded from throughput, as in Joey's figures (steps 21..N)
 REFERENCE_MODEL = {
     "attention": "general", "rnn_type": "gru", "embedding_dim": 256, "encoder_hidden": 256,
@@ -60,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=str(ROOT / ".cache" / "lightning_nmt"))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--decode-batch", type=int, default=64, help="sentences per decoding batch (Joey: 64)")
+    p.add_argument("--decode-precision", choices=["32", "bf16-mixed"], default=None,
+                   help="precision of the timed decoding (default: --precision)")
     return p.parse_args(argv)
 
 
@@ -134,8 +140,10 @@ def count_flops(module: TranslationModule, batch: dict[str, torch.Tensor], preci
 
 
 def decode_speed(module: TranslationModule, datamodule: ParallelDataModule, beam: int, batch_size: int,
-                 precision: str) -> dict[str, float]:
-    """Sentences/s decoding test2016 in batches of `batch_size` sentences (sorted by length)."""
+                 precision: str, min_len_ratio: float = 0.0) -> dict[str, float]:
+    """Sentences/s decoding test2016 in batches of `batch_size` sentences (sorted by length); with
+    `min_len_ratio` = the maximum length ratio every hypothesis runs to the length limit."""
+    module.hparams.decoding["min_len_ratio"] = min_len_ratio
     test = datamodule.dataset("test")
     order = np.argsort(test.src_lengths(), kind="stable")
     batches = [collate([test[int(i)] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size)]
@@ -152,6 +160,17 @@ def decode_speed(module: TranslationModule, datamodule: ParallelDataModule, beam
     bleu = sacrebleu.corpus_bleu(ordered, [datamodule.references("test")]).score
     return {"sent_per_sec": len(test) / seconds, "seconds": seconds, "bleu": bleu,
             "hyp_words": float(np.mean([len(h.split()) for h in ordered]))}
+
+
+def validation_loss(module: TranslationModule, datamodule: ParallelDataModule, precision: str) -> float:
+    """Mean cross-entropy per real target token on the validation set (dropout off, same precision)."""
+    module.eval()
+    nll, tokens = 0.0, 0
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
+        for batch in datamodule.make_eval_loader(datamodule.dataset("val")):
+            loss, n = module.token_loss(batch)
+            nll, tokens = nll + float(loss), tokens + int(n)
+    return nll / tokens
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, Any]:
@@ -177,8 +196,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         tgt_vocab_size=datamodule.tokenizer.tgt_vocab_size,
         optim={"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0},
         scheduler={"name": "none"},
-        decoding={"beam_size": 5, "val_beam_size": 1, "nbest": 1, "length_penalty": 1.0, "max_len_ratio": 1.5,
-                  "max_len_offset": 0},
+        decoding=dict(FORCED, min_len_ratio=0.0),
         label_smoothing=0.0, data=data, tokenizer=datamodule.tokenizer,
     )
     timer = StepTimer()
@@ -190,6 +208,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule)
     busy1, total1 = busy_jiffies()
     other_cores = max(0, (busy1 - busy0) - (own_jiffies() - own0)) / max(1, total1 - total0) * os.cpu_count()
+    train_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # as Joey's: the training process
 
     times, tokens = np.array(timer.times[WARMUP:]), np.array(timer.tokens[WARMUP:])
     tok_per_sec = tokens.sum() / times.sum()
@@ -197,8 +216,19 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     sample_tokens = np.mean([int(b["tgt_out"].ne(0).sum()) for b in timer.samples])
     flops_per_sec = flops / sample_tokens * tok_per_sec
     peak = matmul_peak(torch.bfloat16 if args.precision == "bf16-mixed" else torch.float32)
-    greedy = decode_speed(module, datamodule, 1, args.decode_batch, args.precision)
-    beam5 = decode_speed(module, datamodule, 5, args.decode_batch, args.precision)
+    val_loss = validation_loss(module, datamodule, args.precision)
+    decode = {}
+    for name, beam in (("greedy", 1), ("beam5", 5)):
+        found = decode_speed(module, datamodule, beam, args.decode_batch, args.decode_precision)
+        forced = decode_speed(module, datamodule, beam, args.decode_batch, args.decode_precision,
+                              min_len_ratio=FORCED["max_len_ratio"])
+        decode |= {f"{name}_sent_per_sec": found["sent_per_sec"], f"{name}_bleu": found["bleu"],
+                   f"{name}_hyp_words": found["hyp_words"], f"{name}_forced_sent_per_sec": forced["sent_per_sec"],
+                   f"{name}_forced_hyp_words": forced["hyp_words"]}
+    if args.decode_precision != args.precision:  # the same model decoded at its training precision, for BLEU
+        same = decode_speed(module, datamodule, 1, args.decode_batch, args.precision)
+        decode |= {"greedy_bleu_at_train_precision": same["bleu"],
+                   "greedy_sent_per_sec_at_train_precision": same["sent_per_sec"]}
     return {
         "tool": "lightning_nmt", "model": args.model, "input_feeding": args.input_feeding,
         "precision": args.precision, "steps": args.steps, "max_tokens": max_tokens,
@@ -207,10 +237,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "padding_fraction": datamodule.padding_fraction, "dataloader_batches_per_sec": loader_rate,
         "train_flops_per_sec": float(flops_per_sec), "matmul_peak_flops_per_sec": peak,
         "roofline_fraction": float(flops_per_sec / peak),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "greedy_sent_per_sec": greedy["sent_per_sec"], "greedy_bleu": greedy["bleu"],
-        "greedy_hyp_words": greedy["hyp_words"], "beam5_sent_per_sec": beam5["sent_per_sec"],
-        "beam5_bleu": beam5["bleu"], "beam5_hyp_words": beam5["hyp_words"],
+        "peak_rss_mb": train_peak_rss, "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "val_loss": val_loss, "decode_precision": args.decode_precision, **decode,
         "other_cores_busy": other_cores, "threads": args.threads,
         "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
@@ -228,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     tune_allocator()
     if not Path(args.data, "train.en.gz").is_file():
         sys.exit(f"error: Multi30k not found in {args.data} (pass --data DIR or set MULTI30K_ROOT)")
+    args.decode_precision = args.decode_precision or args.precision
     result = run_ours(args)
     print(json.dumps(result), flush=True)  # ours alone first; with --joey the combined line comes last
     if args.joey:
@@ -236,7 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         ratios = {}
         for ours, theirs in (("train_tgt_tokens_per_sec", "train_tgt_tokens_per_s"),
                              ("greedy_sent_per_sec", "greedy_sent_per_s"),
-                             ("beam5_sent_per_sec", "beam5_sent_per_s")):
+                             ("beam5_sent_per_sec", "beam5_sent_per_s"),
+                             ("greedy_forced_sent_per_sec", "greedy_sent_per_s"),
+                             ("beam5_forced_sent_per_sec", "beam5_sent_per_s")):
             if theirs in joey and joey[theirs]:
                 ratios[ours] = result[ours] / joey[theirs]
         if joey.get("peak_rss_mb"):

@@ -145,6 +145,7 @@ class DecodingConfig:
     length_penalty: float = 1.0
     max_len_ratio: float = 1.5
     max_len_offset: int = 5
+    min_len_ratio: float = 0.0  # EOS not before ceil(src_len * min_len_ratio) output tokens (capped at the maximum)
 
 
 @dataclass

@@ -143,7 +143,7 @@ class TranslationModule(L.LightningModule):
             self.model, src, src_lengths,
             beam_size=beam_size or dec["beam_size"], nbest=nbest,
             length_penalty=dec["length_penalty"], max_len_ratio=dec["max_len_ratio"],
-            max_len_offset=dec["max_len_offset"],
+            max_len_offset=dec["max_len_offset"], min_len_ratio=dec.get("min_len_ratio", 0.0),
         )
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: EvalMetrics, split: str,

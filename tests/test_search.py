@@ -85,6 +85,19 @@ def test_length_limit_forces_eos(beam_size):
     torch.testing.assert_close(result.scores[:, 0], torch.tensor(want))
 
 
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_min_length_delays_eos(beam_size):
+    # kind 2 stops at once; kind 0 after one word. With min_len_ratio 1.0 no hypothesis may end before
+    # ceil(src_len) tokens (EOS included), capped at the maximum length.
+    b = make_batch([[6, 9], [4, 9, 9]])  # source lengths 3 and 4 (EOS included)
+    result = search(BigramStub(), b["src"], b["src_lengths"], beam_size=beam_size, min_len_ratio=1.0,
+                    max_len_ratio=1.5, max_len_offset=0)
+    assert [len(hyps[0]) + 1 for hyps in result.tokens] == [3, 4]
+    capped = search(BigramStub(), b["src"], b["src_lengths"], beam_size=beam_size, min_len_ratio=9.0,
+                    max_len_ratio=1.5, max_len_offset=0)
+    assert [len(hyps[0]) + 1 for hyps in capped.tokens] == [math.ceil(3 * 1.5), math.ceil(4 * 1.5)]
+
+
 def test_finished_sentences_leave_the_batch():
     b = make_batch([[6, 9], [5, 9, 9], [4]])  # stops at once, runs to max length 11, stops after 2
     stub = BigramStub()

@@ -6,6 +6,7 @@ a sentence from the active batch as soon as it is finished.
 Rules shared by both:
 - at most ceil(src_len * max_len_ratio) + max_len_offset output tokens (EOS included) per sentence;
   at the last allowed step EOS is forced, so every hypothesis ends with EOS;
+- at least min(ceil(src_len * min_len_ratio), maximum) tokens: EOS is impossible before;
 - PAD and BOS are never produced;
 - score = sum of the token log-probabilities (EOS included) / ((5 + len) / 6) ** length_penalty
   (GNMT length penalty; len counts EOS; length_penalty=0 gives the plain sum).
@@ -110,19 +111,26 @@ def _max_lengths(src_lengths: Tensor, ratio: float, offset: int) -> Tensor:
     return torch.ceil(src_lengths.float() * ratio).long() + offset
 
 
+def _min_lengths(src_lengths: Tensor, ratio: float, max_len: Tensor) -> Tensor:
+    """Minimum output length (EOS included) of each sentence: ceil(src_len * ratio), at most max_len, (B,)."""
+    return torch.minimum(torch.ceil(src_lengths.float() * ratio).long(), max_len)
+
+
 def _penalty(length: int, alpha: float) -> float:
     """GNMT length penalty ((5 + length) / 6) ** alpha."""
     return ((5 + length) / 6) ** alpha
 
 
 def _log_probs(
-    model: Seq2Seq, tokens: Tensor, enc: EncoderOutput, state: DecoderState, last: Tensor
+    model: Seq2Seq, tokens: Tensor, enc: EncoderOutput, state: DecoderState, last: Tensor, short: Tensor
 ) -> tuple[Tensor, DecoderState, Tensor | None]:
     """One decoder step: tokens (R,) -> log-probabilities (R, V) (PAD and BOS impossible, only EOS
-    where `last` (R,) is True), new state, attention weights (R, S) or None."""
+    where `last` (R,) is True, no EOS where `short` (R,) is True), new state, attention weights (R, S) or None."""
     logits, state, weights = model.decode_step(tokens, enc, state)
     log_probs = logits.float().log_softmax(dim=-1)
     log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")
+    if bool(short.any()):
+        log_probs[short, EOS_ID] = float("-inf")
     if bool(last.any()):  # rows at their length limit may only end; touching (R, V) every step cost 4%
         eos = log_probs[last, EOS_ID]
         log_probs[last] = float("-inf")
@@ -138,19 +146,23 @@ def greedy(
     length_penalty: float = 1.0,
     max_len_ratio: float = 1.5,
     max_len_offset: int = 5,
+    min_len_ratio: float = 0.0,
 ) -> SearchResult:
     """Greedy decoding of src (B, S), src_lengths (B,); the model should be in eval mode."""
     batch = src.size(0)
     enc = model.encode(src, src_lengths)
     state = model.init_state(enc)
     max_len = _max_lengths(src_lengths, max_len_ratio, max_len_offset)
+    min_len = _min_lengths(src_lengths, min_len_ratio, max_len)
     finished = _Finished(batch, 1, int(max_len.max()), src.device)
     active = torch.arange(batch, device=src.device)
     tokens = torch.full((batch,), BOS_ID, device=src.device)
     prefixes = _Prefixes(src.new_empty(batch, 0))
     scores = torch.zeros(batch, device=src.device)
     for t in range(finished.tokens.size(2)):
-        log_probs, state, weights = _log_probs(model, tokens, enc, state, max_len[active] == t + 1)
+        log_probs, state, weights = _log_probs(
+            model, tokens, enc, state, max_len[active] == t + 1, min_len[active] > t + 1
+        )
         step_scores, tokens = log_probs.max(dim=-1)
         scores = scores + step_scores
         ended = tokens == EOS_ID
@@ -179,6 +191,7 @@ def beam_search(
     length_penalty: float = 1.0,
     max_len_ratio: float = 1.5,
     max_len_offset: int = 5,
+    min_len_ratio: float = 0.0,
 ) -> SearchResult:
     """Beam search of src (B, S), src_lengths (B,) over all B x beam_size hypotheses at once; the
     model should be in eval mode."""
@@ -188,6 +201,7 @@ def beam_search(
     expand = torch.arange(batch, device=device).repeat_interleave(k)
     enc, state = enc.index_select(expand), model.reorder(model.init_state(enc), expand)
     max_len = _max_lengths(src_lengths, max_len_ratio, max_len_offset)
+    min_len = _min_lengths(src_lengths, min_len_ratio, max_len)
     finished = _Finished(batch, 2 * k, int(max_len.max()), device)
     active = torch.arange(batch, device=device)
     beam = torch.arange(k, device=device)
@@ -198,7 +212,8 @@ def beam_search(
     for t in range(finished.tokens.size(2)):
         n = len(active)
         last = max_len[active] == t + 1
-        log_probs, state, weights = _log_probs(model, tokens, enc, state, last.repeat_interleave(k))
+        short = (min_len[active] > t + 1).repeat_interleave(k)
+        log_probs, state, weights = _log_probs(model, tokens, enc, state, last.repeat_interleave(k), short)
         # the 2k best of each row first, then the 2k best of the sentence's k x 2k: the same candidates as one
         # top-k over (n, k * V), in a third of the time on the CPU
         row_scores, row_words = log_probs.topk(2 * k, dim=1)  # (n * k, 2k)
@@ -240,6 +255,7 @@ def search(
     length_penalty: float = 1.0,
     max_len_ratio: float = 1.5,
     max_len_offset: int = 5,
+    min_len_ratio: float = 0.0,
 ) -> SearchResult:
     """Translate src (B, S) with src_lengths (B,): greedy if beam_size == 1, else beam search.
 
@@ -249,7 +265,7 @@ def search(
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
     if beam_size == 1:
-        return greedy(model, src, src_lengths, length_penalty, max_len_ratio, max_len_offset)
+        return greedy(model, src, src_lengths, length_penalty, max_len_ratio, max_len_offset, min_len_ratio)
     return beam_search(
-        model, src, src_lengths, beam_size, nbest, length_penalty, max_len_ratio, max_len_offset
+        model, src, src_lengths, beam_size, nbest, length_penalty, max_len_ratio, max_len_offset, min_len_ratio
     )
