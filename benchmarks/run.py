@@ -1,11 +1,12 @@
 """Speed benchmark of lightning_nmt on Multi30k En->De, beside Joey NMT (see benchmarks/README.md).
 
     python benchmarks/run.py --steps 300 [--model attention|basic|transformer] [--input-feeding]
-                             [--precision 32|bf16-mixed] [--joey]
+                             [--precision 32|bf16-mixed] [--decode-precision 32|bf16-mixed] [--joey]
 
 Trains the reference model (Joey's reference: joint BPE 8k, emb 256, biGRU 256/dir, GRU 512, Luong
 `general` attention, dropout 0.2, Adam 1e-3) for a fixed number of steps through the real Trainer and
-TranslationModule, then decodes test2016 greedy and with beam 5 in batches of 64 sentences. Prints one
+TranslationModule, computes the validation loss, then decodes test2016 greedy and with beam 5 in batches of
+64 sentences (also with every hypothesis forced to the length limit). Prints one
 JSON line (the last line); `--joey` runs ../shared/bench/peers/joey_rnn.sh with the same steps right
 after and adds its figures and the ratios.
 

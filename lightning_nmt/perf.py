@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def tune_allocator() -> bool:
-    """Let glibc keep freed large blocks in the heap for reuse.
+    """Let glibc keep freed large blocks in the heap for reuse, and keep oneDNN's primitive cache small.
 
     A training step allocates the same large activations (logits, the concat attention's (B, T, S, H)
     tensor) every step; by default glibc hands blocks over 32 MB back to the OS and page-faults them in
     again, which cost 25-35% of a CPU training step here (benchmarks/README.md). Returns whether it applied
     (glibc on Linux only).
+
+    bf16 matmuls on the CPU run through oneDNN, which caches up to 1,024 primitives, one per matmul shape, with
+    their buffers; token batches have ever new shapes, so under bf16-mixed the cache alone raised peak memory
+    by ~0.5-1.5 GB. Eight entries cost no speed (benchmarks/README.md). Must run before the first bf16 matmul;
+    an explicit ONEDNN_PRIMITIVE_CACHE_CAPACITY wins.
     """
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
     if not sys.platform.startswith("linux"):
         return False
     try:
