@@ -28,3 +28,9 @@ def test_adam_is_fused_on_the_cpu_and_updates_like_the_unfused_one(name):
             opt.zero_grad()
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.allclose(pa, pb, atol=1e-6)
+
+
+def test_adam_is_not_fused_when_lightning_must_clip_mixed_precision_gradients():
+    cfg = {"name": "adam", "lr": 1e-2, "betas": (0.9, 0.98), "weight_decay": 0.0}
+    opt = _make_optimizer(torch.nn.Linear(3, 2).parameters(), cfg, allow_fused=False)
+    assert not opt.defaults["fused"]
