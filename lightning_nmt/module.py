@@ -127,13 +127,6 @@ class TranslationModule(L.LightningModule):
         self.log("train/loss", mean_loss, prog_bar=True, batch_size=batch["src"].size(0))
         return loss_sum * world_size() / totals[1]
 
-    def on_train_epoch_start(self) -> None:
-        # Lightning calls set_epoch on samplers, not on batch samplers: reshuffle the token batches here.
-        loader = self.trainer.train_dataloader
-        batch_sampler = getattr(loader, "batch_sampler", None)
-        if batch_sampler is not None and hasattr(batch_sampler, "set_epoch"):
-            batch_sampler.set_epoch(self.current_epoch)
-
     # ---- evaluation -------------------------------------------------------------------------
     def translate(self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int | None = None,
                   nbest: int = 1) -> SearchResult:
