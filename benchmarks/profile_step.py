@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import resource
 import time
 
 import lightning as L
 import torch
-from run import REFERENCE_MODEL, calibrate_max_tokens
+from run import REFERENCE_MODEL, peak_rss_mb, reference_data
 from torch.profiler import ProfilerActivity, profile
 
-from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.module import TranslationModule, _make_optimizer
-from lightning_nmt.perf import tune_allocator
+from lightning_nmt.perf import tune_memory
 
 
 def main() -> None:
@@ -34,16 +32,9 @@ def main() -> None:
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="profile --steps more steps and print the ROWS most expensive operators")
     args = p.parse_args()
-    tune_allocator()
+    tune_memory()
     L.seed_everything(42, verbose=False)
-    data = dict(corpus="multi30k", root=args.data, src_lang="en", tgt_lang="de", max_len=100,
-                tokenizer={"type": "bpe", "vocab_size": 8000, "joint": True, "character_coverage": 1.0},
-                cache_dir=".cache/lightning_nmt", seed=42)
-    dm = ParallelDataModule(**data)
-    dm.setup("fit")
-    max_tokens, _ = calibrate_max_tokens(dm, 1800)
-    dm = ParallelDataModule(**{**data, "max_tokens": max_tokens})
-    dm.setup("fit")
+    dm, _, _ = reference_data(args.data, ".cache/lightning_nmt", 1800)
     batches = list(itertools.islice(iter(dm.train_dataloader()), 20 + (2 if args.profile else 1) * args.steps))
     model = {**REFERENCE_MODEL, "type": "attention", "attention": args.attention, "input_feeding": args.input_feeding}
     module = TranslationModule(model=model, src_vocab_size=dm.tokenizer.src_vocab_size,
@@ -68,9 +59,8 @@ def main() -> None:
         step(batch)
     seconds = time.perf_counter() - start
     tokens = sum(int(b["tgt_out"].ne(0).sum()) for b in timed)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
     print(f"plain loop: {tokens / seconds:.0f} tgt tok/s ({seconds / len(timed) * 1000:.0f} ms/step, "
-          f"{tokens / len(timed):.0f} tok/step), peak RSS {peak_mb} MB")
+          f"{tokens / len(timed):.0f} tok/step), peak RSS {peak_rss_mb():.0f} MB")
     if not args.profile:
         return
     with profile(activities=[ProfilerActivity.CPU]) as prof:

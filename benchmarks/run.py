@@ -37,14 +37,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.batching import collate
 from lightning_nmt.module import TranslationModule
-from lightning_nmt.perf import tune_allocator
+from lightning_nmt.perf import tune_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 JOEY = ROOT.parent / "shared" / "bench" / "peers" / "joey_rnn.sh"
-# Joey's decoding settings: beam alpha 1.0, at most 1.5 x source length; "forced" decoding sets the minimum length
-# to the maximum, so every hypothesis is at least as long as Joey's (whose undertrained outputs run long)
-FORCED = {"beam_size": 5, "val_beam_size": 1, "nbest": 1, "length_penalty": 1.0, "max_len_ratio": 1.5,
-          "max_len_offset": 0, "min_len_ratio": 1.5}
+# Joey's decoding settings: beam alpha 1.0, at most 1.5 x source length. "Forced" decoding raises min_len_ratio to
+# max_len_ratio, so every hypothesis runs to the length limit (Joey's undertrained outputs run long)
+DECODING = {"beam_size": 5, "val_beam_size": 1, "nbest": 1, "length_penalty": 1.0, "max_len_ratio": 1.5,
+            "max_len_offset": 0, "min_len_ratio": 0.0}
 WARMUP = 20  # steps excluded from throughput, as in Joey's figures (steps 21..N)
 REFERENCE_MODEL = {
     "attention": "general", "rnn_type": "gru", "embedding_dim": 256, "encoder_hidden": 256,
@@ -174,18 +174,32 @@ def validation_loss(module: TranslationModule, datamodule: ParallelDataModule, p
     return nll / tokens
 
 
-def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    L.seed_everything(42, verbose=False)
-    data = dict(corpus="multi30k", root=args.data, src_lang="en", tgt_lang="de", max_len=100,
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference_data(root: str, cache_dir: str, tgt_tokens: int) -> tuple[ParallelDataModule, dict[str, Any], float]:
+    """Multi30k en->de with joint BPE 8k, set up for fitting with `max_tokens` calibrated to `tgt_tokens` real
+    target tokens per batch: (datamodule, its config, the calibrated mean of real target tokens per batch)."""
+    data = dict(corpus="multi30k", root=root, src_lang="en", tgt_lang="de", max_len=100,
                 tokenizer={"type": "bpe", "vocab_size": 8000, "joint": True, "character_coverage": 1.0},
-                cache_dir=args.cache_dir, eval_max_tokens=8192, seed=42)
+                cache_dir=cache_dir, eval_max_tokens=8192, seed=42)
     datamodule = ParallelDataModule(**data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    max_tokens, mean_tokens = calibrate_max_tokens(datamodule, args.tgt_tokens)
-    datamodule = ParallelDataModule(**{**data, "max_tokens": max_tokens})
+    max_tokens, mean_tokens = calibrate_max_tokens(datamodule, tgt_tokens)
+    data["max_tokens"] = max_tokens
+    datamodule = ParallelDataModule(**data)
     datamodule.setup("fit")
+    return datamodule, data, mean_tokens
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    L.seed_everything(42, verbose=False)
+    datamodule, data, mean_tokens = reference_data(args.data, args.cache_dir, args.tgt_tokens)
+    max_tokens = data["max_tokens"]
 
     loader_start = time.perf_counter()
     n_batches = sum(1 for _ in datamodule.train_dataloader())
@@ -197,7 +211,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         tgt_vocab_size=datamodule.tokenizer.tgt_vocab_size,
         optim={"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0},
         scheduler={"name": "none"},
-        decoding=dict(FORCED, min_len_ratio=0.0),
+        decoding=dict(DECODING),  # a copy: decode_speed sets its min_len_ratio
         label_smoothing=0.0, data=data, tokenizer=datamodule.tokenizer,
     )
     timer = StepTimer()
@@ -209,7 +223,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule)
     busy1, total1 = busy_jiffies()
     other_cores = max(0, (busy1 - busy0) - (own_jiffies() - own0)) / max(1, total1 - total0) * os.cpu_count()
-    train_peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # as Joey's: the training process
+    train_peak_rss = peak_rss_mb()  # as Joey's: the training process
 
     times, tokens = np.array(timer.times[WARMUP:]), np.array(timer.tokens[WARMUP:])
     tok_per_sec = tokens.sum() / times.sum()
@@ -222,7 +236,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     for name, beam in (("greedy", 1), ("beam5", 5)):
         found = decode_speed(module, datamodule, beam, args.decode_batch, args.decode_precision)
         forced = decode_speed(module, datamodule, beam, args.decode_batch, args.decode_precision,
-                              min_len_ratio=FORCED["max_len_ratio"])
+                              min_len_ratio=DECODING["max_len_ratio"])
         decode |= {f"{name}_sent_per_sec": found["sent_per_sec"], f"{name}_bleu": found["bleu"],
                    f"{name}_hyp_words": found["hyp_words"], f"{name}_forced_sent_per_sec": forced["sent_per_sec"],
                    f"{name}_forced_hyp_words": forced["hyp_words"]}
@@ -238,7 +252,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "padding_fraction": datamodule.padding_fraction, "dataloader_batches_per_sec": loader_rate,
         "train_flops_per_sec": float(flops_per_sec), "matmul_peak_flops_per_sec": peak,
         "roofline_fraction": float(flops_per_sec / peak),
-        "peak_rss_mb": train_peak_rss, "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": train_peak_rss, "process_peak_rss_mb": peak_rss_mb(),
         "val_loss": val_loss, "decode_precision": args.decode_precision, **decode,
         "other_cores_busy": other_cores, "threads": args.threads,
         "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -254,7 +268,7 @@ def run_joey(steps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    tune_allocator()
+    tune_memory()
     if not Path(args.data, "train.en.gz").is_file():
         sys.exit(f"error: Multi30k not found in {args.data} (pass --data DIR or set MULTI30K_ROOT)")
     args.decode_precision = args.decode_precision or args.precision

@@ -26,7 +26,7 @@ from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
 from lightning_nmt.errors import CheckpointError, UserError
 from lightning_nmt.module import TranslationModule, read_checkpoint
-from lightning_nmt.perf import tune_allocator
+from lightning_nmt.perf import tune_memory
 from lightning_nmt.resume import AtomicCheckpointIO, LastCheckpoint, Preempted, ResumeState, cluster_plugins
 from lightning_nmt.sweeps import skip_duplicate, swept_keys, swept_overrides
 
@@ -45,7 +45,7 @@ def to_dict(node: Any) -> Any:
 
 def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run an entry point; a user error is one line on stderr and exit status 2, not a traceback."""
-    tune_allocator()
+    tune_memory()
     try:
         return fn(cfg)
     except UserError as err:

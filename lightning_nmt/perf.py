@@ -9,7 +9,7 @@ import sys
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def tune_allocator() -> bool:
+def tune_memory() -> bool:
     """Let glibc keep freed large blocks in the heap for reuse, and keep oneDNN's primitive cache small.
 
     A training step allocates the same large activations (logits, the concat attention's (B, T, S, H)

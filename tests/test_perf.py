@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lightning_nmt.perf import tune_allocator
+from lightning_nmt.perf import tune_memory
 
 
 @pytest.mark.parametrize(("preset", "expected"), [(None, "8"), ("256", "256")])
@@ -13,5 +13,5 @@ def test_onednn_cache_is_limited_unless_set(monkeypatch, preset, expected):
         monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     else:
         monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", preset)
-    tune_allocator()
+    tune_memory()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == expected

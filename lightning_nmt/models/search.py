@@ -113,7 +113,7 @@ def _max_lengths(src_lengths: Tensor, ratio: float, offset: int) -> Tensor:
 
 def _min_lengths(src_lengths: Tensor, ratio: float, max_len: Tensor) -> Tensor:
     """Minimum output length (EOS included) of each sentence: ceil(src_len * ratio), at most max_len, (B,)."""
-    return torch.minimum(torch.ceil(src_lengths.float() * ratio).long(), max_len)
+    return torch.minimum(_max_lengths(src_lengths, ratio, 0), max_len)
 
 
 def _penalty(length: int, alpha: float) -> float:
