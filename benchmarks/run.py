@@ -6,9 +6,9 @@
 Trains the reference model (Joey's reference: joint BPE 8k, emb 256, biGRU 256/dir, GRU 512, Luong
 `general` attention, dropout 0.2, Adam 1e-3) for a fixed number of steps through the real Trainer and
 TranslationModule, computes the validation loss, then decodes test2016 greedy and with beam 5 in batches of
-64 sentences (also with every hypothesis forced to the length limit). Prints one
-JSON line (the last line); `--joey` runs ../shared/bench/peers/joey_rnn.sh with the same steps right
-after and adds its figures and the ratios.
+64 sentences (also with every hypothesis forced to the length limit, and beam 5 with hypotheses as long as
+Joey's or `--beam-words` on average). Prints one JSON line (the last line); `--joey` runs
+../shared/bench/peers/joey_rnn.sh with the same steps right after and adds its figures and the ratios.
 
 FLOPs are counted by torch.utils.flop_counter (matmuls, including those inside the GRU, forward and
 backward) on the measured batches' real shapes; the roofline fraction divides achieved FLOP/s by this
@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decode-batch", type=int, default=64, help="sentences per decoding batch (Joey: 64)")
     p.add_argument("--decode-precision", choices=["32", "bf16-mixed"], default=None,
                    help="precision of the timed decoding (default: --precision)")
+    p.add_argument("--beam-words", type=float, default=None,
+                   help="also time beam 5 with hypotheses of this mean length in words (default with --joey: Joey's)")
     return p.parse_args(argv)
 
 
@@ -163,6 +165,22 @@ def decode_speed(module: TranslationModule, datamodule: ParallelDataModule, beam
             "hyp_words": float(np.mean([len(h.split()) for h in ordered]))}
 
 
+def decode_matched(module: TranslationModule, datamodule: ParallelDataModule, beam: int, batch_size: int,
+                   precision: str, words: float, tries: int = 6) -> dict[str, float]:
+    """`decode_speed` at the `min_len_ratio` whose hypotheses average `words` words (within 2%, bisected in at
+    most `tries` timed decodes; the closest is returned): speed at the same output length as a peer's."""
+    lo, hi, best = 0.0, DECODING["max_len_ratio"], None
+    for _ in range(tries):
+        ratio = (lo + hi) / 2
+        found = decode_speed(module, datamodule, beam, batch_size, precision, ratio) | {"min_len_ratio": ratio}
+        if best is None or abs(found["hyp_words"] - words) < abs(best["hyp_words"] - words):
+            best = found
+        if abs(found["hyp_words"] - words) <= 0.02 * words:
+            break
+        lo, hi = (ratio, hi) if found["hyp_words"] < words else (lo, ratio)
+    return best
+
+
 def validation_loss(module: TranslationModule, datamodule: ParallelDataModule, precision: str) -> float:
     """Mean cross-entropy per real target token on the validation set (dropout off, same precision)."""
     module.eval()
@@ -195,7 +213,8 @@ def reference_data(root: str, cache_dir: str, tgt_tokens: int) -> tuple[Parallel
     return datamodule, data, mean_tokens
 
 
-def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace) -> tuple[dict[str, Any], TranslationModule, ParallelDataModule]:
+    """Train and decode; the JSON fields, and the trained module and its data (for `add_matched_decode`)."""
     torch.set_num_threads(args.threads)
     L.seed_everything(42, verbose=False)
     datamodule, data, mean_tokens = reference_data(args.data, args.cache_dir, args.tgt_tokens)
@@ -257,7 +276,15 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "other_cores_busy": other_cores, "threads": args.threads,
         "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
-    }
+    }, module, datamodule
+
+
+def add_matched_decode(result: dict[str, Any], args: argparse.Namespace, module: TranslationModule,
+                       datamodule: ParallelDataModule, words: float) -> None:
+    """Beam-5 speed with hypotheses as long as `words` on average (`decode_matched`), into `result`."""
+    found = decode_matched(module, datamodule, 5, args.decode_batch, args.decode_precision, words)
+    result |= {"beam5_matched_sent_per_sec": found["sent_per_sec"], "beam5_matched_hyp_words": found["hyp_words"],
+               "beam5_matched_min_len_ratio": found["min_len_ratio"], "beam5_matched_target_words": words}
 
 
 def run_joey(steps: int) -> dict[str, Any]:
@@ -272,18 +299,23 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.data, "train.en.gz").is_file():
         sys.exit(f"error: Multi30k not found in {args.data} (pass --data DIR or set MULTI30K_ROOT)")
     args.decode_precision = args.decode_precision or args.precision
-    result = run_ours(args)
+    result, module, datamodule = run_ours(args)
+    if args.beam_words is not None:
+        add_matched_decode(result, args, module, datamodule, args.beam_words)
     print(json.dumps(result), flush=True)  # ours alone first; with --joey the combined line comes last
     if args.joey:
         joey = run_joey(args.steps)
         result["joey"] = joey
+        if args.beam_words is None and joey.get("beam5_hyp_words"):  # after Joey's run: its length is known now
+            add_matched_decode(result, args, module, datamodule, joey["beam5_hyp_words"])
         ratios = {}
         for ours, theirs in (("train_tgt_tokens_per_sec", "train_tgt_tokens_per_s"),
                              ("greedy_sent_per_sec", "greedy_sent_per_s"),
                              ("beam5_sent_per_sec", "beam5_sent_per_s"),
                              ("greedy_forced_sent_per_sec", "greedy_sent_per_s"),
-                             ("beam5_forced_sent_per_sec", "beam5_sent_per_s")):
-            if theirs in joey and joey[theirs]:
+                             ("beam5_forced_sent_per_sec", "beam5_sent_per_s"),
+                             ("beam5_matched_sent_per_sec", "beam5_sent_per_s")):
+            if result.get(ours) and joey.get(theirs):
                 ratios[ours] = result[ours] / joey[theirs]
         if joey.get("peak_rss_mb"):
             ratios["peak_rss_mb"] = result["peak_rss_mb"] / joey["peak_rss_mb"]

@@ -107,7 +107,7 @@ def test_finished_sentences_leave_the_batch():
     stub = BigramStub()
     result = search(stub, b["src"], b["src_lengths"], beam_size=2)
     assert result.tokens == [[[]], [[A] * 10], [[B]]]
-    assert stub.batch_sizes == [6, 6] + [2] * 9
+    assert stub.batch_sizes == [3, 6] + [2] * 9  # the first step reads one row per sentence, not k
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
@@ -174,3 +174,21 @@ def test_nbest_must_not_exceed_beam():
     b = make_batch([[4]])
     with pytest.raises(ValueError, match="nbest"):
         search(BigramStub(), b["src"], b["src_lengths"], beam_size=2, nbest=3)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_bf16_weights_are_cast_once_per_search_even_in_inference_mode(beam_size):
+    """Autocast keeps its bf16 copy of each weight only outside inference mode, where Lightning evaluates:
+    the output layer's weight must be cast once per search, not at every step (results unchanged)."""
+    from torch.profiler import profile
+
+    model = small_model(tgt_vocab=37)  # output weight (37, 20): a shape no activation has
+    batch = random_batch(4, size=7)
+    results = []
+    for mode in (torch.inference_mode, torch.no_grad):
+        with mode(), torch.autocast("cpu", torch.bfloat16), profile(record_shapes=True) as prof:
+            results.append(search(model, batch["src"], batch["src_lengths"], beam_size=beam_size))
+        weight_casts = [e for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [[37, 20]]]
+        assert len(weight_casts) == 1
+    assert results[0].tokens == results[1].tokens
+    torch.testing.assert_close(results[0].scores, results[1].scores)
