@@ -29,6 +29,8 @@ COLUMNS = [
     ("beam5_hyp_words", "beam5_hyp_words", "beam5 words", "{:.1f}"),
     ("beam5_forced_sent_per_sec", "beam5_sent_per_s", "beam5 forced sent/s", "{:.0f}"),
     ("beam5_forced_hyp_words", "beam5_hyp_words", "beam5 forced words", "{:.1f}"),
+    ("beam5_matched_sent_per_sec", "beam5_sent_per_s", "beam5 at Joey's length sent/s", "{:.0f}"),
+    ("beam5_matched_hyp_words", "beam5_hyp_words", "beam5 at Joey's length words", "{:.1f}"),
 ]
 
 
@@ -64,7 +66,8 @@ def table(lines: list[dict[str, Any]]) -> str:
     rows = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     joey_row = ["Joey NMT 2.3.0 (input feeding, fp32)", str(len(joeys))]
     for ours, theirs, _, pattern in COLUMNS:
-        shown = theirs is not None and "forced" not in ours  # Joey's own figure, in the column of the same name
+        # Joey's own figure, in the column of the same name
+        shown = theirs is not None and "forced" not in ours and "matched" not in ours
         joey_row.append(fmt([j[theirs] for j in joeys if j.get(theirs) is not None], pattern) if shown else "")
     rows.append("| " + " | ".join(joey_row) + " |")
     for name, pairs in by_config.items():

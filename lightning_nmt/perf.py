@@ -17,12 +17,14 @@ def tune_memory() -> bool:
     again, which cost 25-35% of a CPU training step here (benchmarks/README.md). Returns whether it applied
     (glibc on Linux only).
 
-    bf16 matmuls on the CPU run through oneDNN, which caches up to 1,024 primitives, one per matmul shape, with
-    their buffers; token batches have ever new shapes, so under bf16-mixed the cache alone raised peak memory
-    by ~0.5-1.5 GB. Eight entries cost no speed (benchmarks/README.md). Must run before the first bf16 matmul;
-    an explicit ONEDNN_PRIMITIVE_CACHE_CAPACITY wins.
+    bf16 matmuls on the CPU run through oneDNN, whose primitive cache and PyTorch's ideep cache above it each
+    keep up to 1,024 entries, one per matmul shape, with their buffers; token batches have ever new shapes,
+    so under bf16-mixed peak memory kept growing, by 0.5-1.7 GB. Caches of 8 (oneDNN) and 32 (ideep,
+    LRU_CACHE_CAPACITY) cost no speed; 8 for ideep made bf16 decoding ~10% slower (benchmarks/README.md).
+    Must run before the first bf16 matmul; values the user set win.
     """
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
+    for name, capacity in (("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8"), ("LRU_CACHE_CAPACITY", "32")):
+        os.environ.setdefault(name, capacity)
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -1,4 +1,4 @@
-"""Process-wide performance settings: oneDNN's primitive cache is kept small unless the user set it."""
+"""Process-wide performance settings: oneDNN's and ideep's caches are kept small unless the user set them."""
 
 import os
 
@@ -7,11 +7,12 @@ import pytest
 from lightning_nmt.perf import tune_memory
 
 
-@pytest.mark.parametrize(("preset", "expected"), [(None, "8"), ("256", "256")])
-def test_onednn_cache_is_limited_unless_set(monkeypatch, preset, expected):
+@pytest.mark.parametrize(("name", "default"), [("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8"), ("LRU_CACHE_CAPACITY", "32")])
+@pytest.mark.parametrize("preset", [None, "256"])
+def test_matmul_caches_are_limited_unless_set(monkeypatch, name, default, preset):
     if preset is None:
-        monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+        monkeypatch.delenv(name, raising=False)
     else:
-        monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", preset)
+        monkeypatch.setenv(name, preset)
     tune_memory()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == expected
+    assert os.environ[name] == (preset or default)
