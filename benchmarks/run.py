@@ -143,10 +143,10 @@ def count_flops(module: TranslationModule, batch: dict[str, torch.Tensor], preci
 
 
 def decode_speed(module: TranslationModule, datamodule: ParallelDataModule, beam: int, batch_size: int,
-                 precision: str, min_len_ratio: float = 0.0) -> dict[str, float]:
+                 precision: str, min_len_ratio: float = 0.0, beam_stop: str = "k_finished") -> dict[str, float]:
     """Sentences/s decoding test2016 in batches of `batch_size` sentences (sorted by length); with
     `min_len_ratio` = the maximum length ratio every hypothesis runs to the length limit."""
-    module.hparams.decoding["min_len_ratio"] = min_len_ratio
+    module.hparams.decoding |= {"min_len_ratio": min_len_ratio, "beam_stop": beam_stop}
     test = datamodule.dataset("test")
     order = np.argsort(test.src_lengths(), kind="stable")
     batches = [collate([test[int(i)] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size)]
@@ -166,13 +166,14 @@ def decode_speed(module: TranslationModule, datamodule: ParallelDataModule, beam
 
 
 def decode_matched(module: TranslationModule, datamodule: ParallelDataModule, beam: int, batch_size: int,
-                   precision: str, words: float, tries: int = 6) -> dict[str, float]:
+                   precision: str, words: float, beam_stop: str, tries: int = 6) -> dict[str, float]:
     """`decode_speed` at the `min_len_ratio` whose hypotheses average `words` words (within 2%, bisected in at
     most `tries` timed decodes; the closest is returned): speed at the same output length as a peer's."""
     lo, hi, best = 0.0, DECODING["max_len_ratio"], None
     for _ in range(tries):
         ratio = (lo + hi) / 2
-        found = decode_speed(module, datamodule, beam, batch_size, precision, ratio) | {"min_len_ratio": ratio}
+        found = decode_speed(module, datamodule, beam, batch_size, precision, ratio, beam_stop)
+        found["min_len_ratio"] = ratio
         if best is None or abs(found["hyp_words"] - words) < abs(best["hyp_words"] - words):
             best = found
         if abs(found["hyp_words"] - words) <= 0.02 * words:
@@ -281,10 +282,15 @@ def run_ours(args: argparse.Namespace) -> tuple[dict[str, Any], TranslationModul
 
 def add_matched_decode(result: dict[str, Any], args: argparse.Namespace, module: TranslationModule,
                        datamodule: ParallelDataModule, words: float) -> None:
-    """Beam-5 speed with hypotheses as long as `words` on average (`decode_matched`), into `result`."""
-    found = decode_matched(module, datamodule, 5, args.decode_batch, args.decode_precision, words)
-    result |= {"beam5_matched_sent_per_sec": found["sent_per_sec"], "beam5_matched_hyp_words": found["hyp_words"],
-               "beam5_matched_min_len_ratio": found["min_len_ratio"], "beam5_matched_target_words": words}
+    """Beam-5 speed with hypotheses as long as `words` on average (`decode_matched`), into `result`: with our
+    default stopping rule (a sentence ends when 5 hypotheses have) and with `beam_stop="best_finished"` (when its
+    best candidate has, OpenNMT-py's rule). Joey's rule lies between: ended hypotheses keep their beam slots, so
+    its live beam shrinks, and a sentence ends when all 5 slots have ended."""
+    result["beam5_matched_target_words"] = words
+    for beam_stop, name in (("k_finished", "beam5_matched"), ("best_finished", "beam5_matched_best_stop")):
+        found = decode_matched(module, datamodule, 5, args.decode_batch, args.decode_precision, words, beam_stop)
+        result |= {f"{name}_sent_per_sec": found["sent_per_sec"], f"{name}_hyp_words": found["hyp_words"],
+                   f"{name}_min_len_ratio": found["min_len_ratio"]}
 
 
 def run_joey(steps: int) -> dict[str, Any]:
@@ -314,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
                              ("beam5_sent_per_sec", "beam5_sent_per_s"),
                              ("greedy_forced_sent_per_sec", "greedy_sent_per_s"),
                              ("beam5_forced_sent_per_sec", "beam5_sent_per_s"),
-                             ("beam5_matched_sent_per_sec", "beam5_sent_per_s")):
+                             ("beam5_matched_sent_per_sec", "beam5_sent_per_s"),
+                             ("beam5_matched_best_stop_sent_per_sec", "beam5_sent_per_s")):
             if result.get(ours) and joey.get(theirs):
                 ratios[ours] = result[ours] / joey[theirs]
         if joey.get("peak_rss_mb"):

@@ -31,6 +31,9 @@ COLUMNS = [
     ("beam5_forced_hyp_words", "beam5_hyp_words", "beam5 forced words", "{:.1f}"),
     ("beam5_matched_sent_per_sec", "beam5_sent_per_s", "beam5 at Joey's length sent/s", "{:.0f}"),
     ("beam5_matched_hyp_words", "beam5_hyp_words", "beam5 at Joey's length words", "{:.1f}"),
+    ("beam5_matched_best_stop_sent_per_sec", "beam5_sent_per_s", "beam5 at Joey's length, best_finished sent/s",
+     "{:.0f}"),
+    ("beam5_matched_best_stop_hyp_words", "beam5_hyp_words", "beam5 at Joey's length, best_finished words", "{:.1f}"),
 ]
 
 

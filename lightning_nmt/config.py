@@ -66,6 +66,11 @@ class SchedulerName(str, Enum):
     inverse_sqrt = "inverse_sqrt"
 
 
+class BeamStop(str, Enum):
+    k_finished = "k_finished"  # a sentence is done when beam_size hypotheses have ended (fairseq)
+    best_finished = "best_finished"  # ... when its best candidate of a step ends (OpenNMT-py): fewer steps
+
+
 class Resume(str, Enum):
     never = "never"
     auto = "auto"
@@ -146,6 +151,7 @@ class DecodingConfig:
     max_len_ratio: float = 1.5
     max_len_offset: int = 5
     min_len_ratio: float = 0.0  # EOS not before ceil(src_len * min_len_ratio) output tokens (capped at the maximum)
+    beam_stop: BeamStop = BeamStop.k_finished
 
 
 @dataclass

@@ -137,6 +137,7 @@ class TranslationModule(L.LightningModule):
             beam_size=beam_size or dec["beam_size"], nbest=nbest,
             length_penalty=dec["length_penalty"], max_len_ratio=dec["max_len_ratio"],
             max_len_offset=dec["max_len_offset"], min_len_ratio=dec.get("min_len_ratio", 0.0),
+            beam_stop=dec.get("beam_stop", "k_finished"),
         )
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: EvalMetrics, split: str,

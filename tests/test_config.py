@@ -73,11 +73,15 @@ def test_misspelt_override_is_an_error() -> None:
         compose_config("train", ["model.atention=dot"])
 
 
-def test_unknown_attention_lists_valid_values() -> None:
+@pytest.mark.parametrize(("override", "valid_values"), [
+    ("model.attention=cosine", ("dot", "general", "concat", "scaled_dot")),
+    ("decoding.beam_stop=never", ("k_finished", "best_finished")),
+])
+def test_unknown_value_lists_valid_values(override, valid_values) -> None:
     with pytest.raises((ConfigCompositionException, ValidationError)) as info:
-        compose_config("train", ["model.attention=cosine"])
+        compose_config("train", [override])
     message = str(info.value) + str(info.value.__cause__)
-    for valid in ("dot", "general", "concat", "scaled_dot"):
+    for valid in valid_values:
         assert valid in message
 
 

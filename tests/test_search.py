@@ -110,6 +110,32 @@ def test_finished_sentences_leave_the_batch():
     assert stub.batch_sizes == [3, 6] + [2] * 9  # the first step reads one row per sentence, not k
 
 
+def test_beam_stops_when_best_candidate_ends_if_asked():
+    # kind 2: EOS (0.9) is the best first candidate, but the second finished hypothesis ("A" EOS) comes a step later
+    b = make_batch([[6, 9]])
+    for beam_stop, steps, nbest in (("k_finished", [1, 2], [[], [A]]), ("best_finished", [1], [[]])):
+        stub = BigramStub()
+        result = search(stub, b["src"], b["src_lengths"], beam_size=2, nbest=1, beam_stop=beam_stop)
+        assert stub.batch_sizes == steps and result.tokens == [[nbest[0]]]
+        torch.testing.assert_close(result.scores, torch.tensor([[math.log(0.9) / gnmt(1, 1.0)]]))
+    with pytest.raises(ValueError, match="k_finished, best_finished"):
+        search(BigramStub(), b["src"], b["src_lengths"], beam_size=2, beam_stop="never")
+
+
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
+def test_best_finished_stop_scores_no_better_than_the_full_search(kind):
+    """Stopping early keeps a subset of the full search's finished hypotheses: a valid hypothesis (its score is
+    its teacher-forced score) that scores no better than the full search's best."""
+    model = small_model(**MODEL_KINDS[kind])
+    b = random_batch(8, size=6)
+    full = search(model, b["src"], b["src_lengths"], beam_size=3, length_penalty=0.6)
+    early = search(model, b["src"], b["src_lengths"], beam_size=3, length_penalty=0.6, beam_stop="best_finished")
+    for i in range(6):
+        assert early.scores[i, 0] <= full.scores[i, 0] + 1e-5
+        score, _ = rescore(model, b["src"][i], b["src_lengths"][i], early.tokens[i][0], 0.6)
+        torch.testing.assert_close(early.scores[i, 0], score, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 @pytest.mark.parametrize("kind", list(MODEL_KINDS))
 def test_beam_of_one_is_greedy(kind, alpha):

@@ -13,7 +13,9 @@ Rules shared by both:
 
 Beam search follows fairseq: every step takes the 2k best extensions of the k live hypotheses of a
 sentence; those ending in EOS among the best k are finished, the best k others live on. A sentence
-is done when k hypotheses are finished (or at its maximum length); its nbest best are returned.
+is done when k hypotheses are finished (`beam_stop="k_finished"`), or, with `beam_stop="best_finished"`
+(OpenNMT-py), as soon as its best candidate of a step ends in EOS; in any case at its maximum length.
+Its nbest best finished hypotheses are returned.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from torch import Tensor
 
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lightning_nmt.models.base import DecoderState, EncoderOutput, Seq2Seq
+
+BEAM_STOPS = ("k_finished", "best_finished")
 
 
 @dataclass
@@ -192,6 +196,7 @@ def beam_search(
     max_len_ratio: float = 1.5,
     max_len_offset: int = 5,
     min_len_ratio: float = 0.0,
+    beam_stop: str = "k_finished",
 ) -> SearchResult:
     """Beam search of src (B, S), src_lengths (B,) over all B x beam_size hypotheses at once; the
     model should be in eval mode."""
@@ -232,7 +237,10 @@ def beam_search(
         )
         # the best k others live on
         beam_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)
-        keep = (~((finished.count[active] >= k) | last)).nonzero().squeeze(1)
+        done = (finished.count[active] >= k) | last
+        if beam_stop == "best_finished":
+            done |= is_eos[:, 0] & top_scores[:, 0].isfinite()
+        keep = (~done).nonzero().squeeze(1)
         if len(keep) == 0:
             break
         rows, tokens, beam_scores = (
@@ -256,6 +264,7 @@ def search(
     max_len_ratio: float = 1.5,
     max_len_offset: int = 5,
     min_len_ratio: float = 0.0,
+    beam_stop: str = "k_finished",
 ) -> SearchResult:
     """Translate src (B, S) with src_lengths (B,): greedy if beam_size == 1, else beam search.
 
@@ -264,6 +273,8 @@ def search(
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
+    if beam_stop not in BEAM_STOPS:
+        raise ValueError(f"unknown beam_stop {beam_stop!r}; valid values: {', '.join(BEAM_STOPS)}")
     # Outside inference mode (gradients stay off): there autocast casts each weight to bf16 once per search
     # and keeps the copy; in inference mode (Lightning's evaluation loops) it casts every weight at every
     # step, which made bf16 greedy decoding 10% slower.
@@ -272,5 +283,5 @@ def search(
             return greedy(model, src, src_lengths, length_penalty, max_len_ratio, max_len_offset, min_len_ratio)
         return beam_search(
             model, src, src_lengths, beam_size, nbest, length_penalty, max_len_ratio, max_len_offset,
-            min_len_ratio,
+            min_len_ratio, beam_stop,
         )
