@@ -144,8 +144,9 @@ def count_flops(module: TranslationModule, batch: dict[str, torch.Tensor], preci
 
 def decode_speed(module: TranslationModule, datamodule: ParallelDataModule, beam: int, batch_size: int,
                  precision: str, min_len_ratio: float = 0.0, beam_stop: str = "k_finished") -> dict[str, float]:
-    """Sentences/s decoding test2016 in batches of `batch_size` sentences (sorted by length); with
-    `min_len_ratio` = the maximum length ratio every hypothesis runs to the length limit."""
+    """Sentences/s decoding test2016 in batches of `batch_size` sentences (sorted by length) with `min_len_ratio`
+    and `beam_stop` (see `models.search`); `min_len_ratio` = the maximum length ratio runs every hypothesis to the
+    length limit."""
     module.hparams.decoding |= {"min_len_ratio": min_len_ratio, "beam_stop": beam_stop}
     test = datamodule.dataset("test")
     order = np.argsort(test.src_lengths(), kind="stable")
