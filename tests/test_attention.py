@@ -104,6 +104,25 @@ def test_block_equals_steps_and_masking(name):
         torch.testing.assert_close(step_weights, weights[:, t : t + 1], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", list(ATTENTIONS))
+def test_hypotheses_of_a_sentence_read_its_keys_together(name):
+    """Beam search: r query rows per sentence (grouped by sentence) against one copy of the sentence's
+    keys give what r copies of the keys give, row by row."""
+    torch.manual_seed(0)
+    attention = build_attention(name, 6, 4)
+    r = 3
+    memory, query = torch.randn(2, 5, 4), torch.randn(2 * r, 1, 6)
+    mask = torch.arange(5) < torch.tensor([[5], [2]])
+    keys = attention.precompute_keys(memory)
+    context, weights = attention(query, keys, memory, mask)
+    assert context.shape == (2 * r, 1, 4) and weights.shape == (2 * r, 1, 5)
+    rows = torch.arange(2).repeat_interleave(r)  # 0 0 0 1 1 1
+    want_context, want_weights = attention(query, keys[rows], memory[rows], mask[rows])
+    torch.testing.assert_close(context, want_context, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(weights, want_weights, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(weights[0], weights[r])  # the two sentences differ: rows were not mixed up
+
+
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match="dot, general, concat, scaled_dot"):
         build_attention("bilinear", 4, 4)

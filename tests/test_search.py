@@ -33,12 +33,13 @@ KINDS = torch.stack(
 
 
 class BigramStub(Seq2Seq):
-    """Next token from a probability table of (sentence kind, previous token); records batch sizes."""
+    """Next token from a probability table of (sentence kind, previous token); records batch sizes (rows
+    read) and the encoder output's rows (sentences)."""
 
     def __init__(self):
         super().__init__()
         self.log_probs = KINDS.log()
-        self.batch_sizes = []
+        self.batch_sizes, self.encoder_rows = [], []
 
     def encode(self, src, src_lengths):
         return EncoderOutput(src.unsqueeze(-1).float(), length_mask(src_lengths, src.size(1)))
@@ -51,6 +52,7 @@ class BigramStub(Seq2Seq):
 
     def decode_step(self, tokens, enc, state):
         self.batch_sizes.append(len(tokens))
+        self.encoder_rows.append(len(enc.mask))
         return self.log_probs[state, tokens], state, None
 
     def reorder(self, state, index):
@@ -108,6 +110,7 @@ def test_finished_sentences_leave_the_batch():
     result = search(stub, b["src"], b["src_lengths"], beam_size=2)
     assert result.tokens == [[[]], [[A] * 10], [[B]]]
     assert stub.batch_sizes == [3, 6] + [2] * 9  # the first step reads one row per sentence, not k
+    assert stub.encoder_rows == [3, 3] + [1] * 9  # one per sentence: its k hypotheses share it
 
 
 def test_beam_stops_when_best_candidate_ends_if_asked():
@@ -185,6 +188,29 @@ def test_batched_beam_equals_one_sentence_at_a_time(kind):
         alone = search(model, b["src"][i : i + 1, :length], length[None], beam_size=4, nbest=2)
         assert alone.tokens[0] == batched.tokens[i]
         torch.testing.assert_close(alone.scores[0], batched.scores[i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
+def test_decode_step_reads_several_hypotheses_per_sentence(kind):
+    """Rows r * i .. r * i + r - 1 of a decoding step belong to sentence i of the encoder output (one row
+    per sentence, as beam search passes it): the same logits, states and weights as with the encoder
+    output copied for every row."""
+    model = small_model(**MODEL_KINDS[kind])
+    batch = random_batch(3, size=3)
+    r = 4
+    enc = model.encode(batch["src"], batch["src_lengths"])
+    per_row = enc.index_select(torch.arange(3).repeat_interleave(r))
+    tokens = torch.randint(4, 20, (3 * r,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        state = model.reorder(model.init_state(enc), torch.arange(3).repeat_interleave(r))
+        for _ in range(3):  # a few steps, so that the states differ from row to row
+            logits, state_shared, weights = model.decode_step(tokens, enc, state)
+            want_logits, want_state, want_weights = model.decode_step(tokens, per_row, state)
+            torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
+            if weights is not None:
+                torch.testing.assert_close(weights, want_weights, atol=1e-6, rtol=1e-5)
+            state, tokens = state_shared, logits.argmax(-1)
+    assert not torch.allclose(logits[0], logits[r])
 
 
 def test_keys_are_projected_once():

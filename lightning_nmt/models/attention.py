@@ -1,8 +1,9 @@
 """Attention: score functions behind one interface, chosen by name with `build_attention`.
 
 Every `Attention` scores a block of decoder states (queries) against the encoder states (keys)
-in one batched product: queries (B, T, Hq) for a whole teacher-forced target, or (B, 1, Hq)
-for one decoding step. Key projections are done once per sentence by `precompute_keys`.
+in one batched product: queries (B, T, Hq) for a whole teacher-forced target, or (r * B, 1, Hq)
+for one decoding step of r hypotheses per sentence (beam search), which read their sentence's keys
+together. Key projections are done once per sentence by `precompute_keys`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lightning_nmt.models.base import lookup
+from lightning_nmt.models.base import lookup, per_hypothesis, per_sentence
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -35,14 +36,15 @@ class Attention(nn.Module):
         raise NotImplementedError
 
     def forward(self, query: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """query (B, T, Hq), keys (B, S, K), values (B, S, Hv), mask (B, S) ->
-        context (B, T, Hv), weights (B, T, S)."""
+        """query (R, T, Hq), keys (B, S, K), values (B, S, Hv), mask (B, S) -> context (R, T, Hv),
+        weights (R, T, S); R = r * B: r hypotheses per sentence, grouped by sentence."""
+        rows, batch = query.size(0), keys.size(0)
         # (2) score the decoder state against every encoder state
-        scores = self.score(query, keys)
+        scores = self.score(per_sentence(query, batch), keys)
         # (3) softmax over the source positions (padding masked out)
         weights = masked_softmax(scores, mask)
         # (4) weighted sum of the encoder states
-        return torch.bmm(weights, values), weights
+        return per_hypothesis(torch.bmm(weights, values), rows), per_hypothesis(weights, rows)
 
 
 class DotAttention(Attention):

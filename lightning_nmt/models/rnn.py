@@ -200,15 +200,17 @@ class BasicDecoder(RNNDecoder):
         )
 
     @staticmethod
-    def _fixed_context(enc: EncoderOutput, steps: int) -> Tensor:
-        """The encoder's final state (B, H_enc) as the context of `steps` steps: (B, steps, H_enc)."""
-        return enc.final.unsqueeze(1).expand(-1, steps, -1)
+    def _fixed_context(enc: EncoderOutput, like: Tensor) -> Tensor:
+        """The encoder's final state (B, H_enc) as the context of every row and step of like (R, T, *),
+        R = r * B rows grouped by sentence: (R, T, H_enc)."""
+        final = enc.final.repeat_interleave(like.size(0) // enc.final.size(0), dim=0)
+        return final.unsqueeze(1).expand(-1, like.size(1), -1)
 
     def _rnn_input(self, emb: Tensor, enc: EncoderOutput, feed: Tensor | None) -> Tensor:
-        return torch.cat([emb, self._fixed_context(enc, emb.size(1))], dim=-1)
+        return torch.cat([emb, self._fixed_context(enc, emb)], dim=-1)
 
     def _context(self, rnn_out: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
-        return self._fixed_context(enc, rnn_out.size(1)), None
+        return self._fixed_context(enc, rnn_out), None
 
 
 class AttentionDecoder(RNNDecoder):

@@ -1,7 +1,8 @@
 """Greedy and beam search for every `Seq2Seq`, batched over sentences and beams.
 
 Both run the encoder once (attention keys are projected there), loop over time steps only, and drop
-a sentence from the active batch as soon as it is finished.
+a sentence from the active batch as soon as it is finished. The encoder output keeps one row per
+sentence: the hypotheses of a sentence are consecutive rows and read it together (`Seq2Seq.decode_step`).
 
 Rules shared by both:
 - at most ceil(src_len * max_len_ratio) + max_len_offset output tokens (EOS included) per sentence;
@@ -248,9 +249,9 @@ def beam_search(
             words.gather(1, pick)[keep].view(-1),
             beam_scores[keep],
         )
-        prefixes, state = prefixes.grow(rows, tokens, weights), model.reorder(state, rows)
-        if len(keep) < n or width < k:  # the encoder rows of the sentences kept, k times each
-            active, enc, width = active[keep], enc.index_select((keep * width).repeat_interleave(k)), k
+        prefixes, state, width = prefixes.grow(rows, tokens, weights), model.reorder(state, rows), k
+        if len(keep) < n:  # the k rows of a sentence share its encoder output (one row per sentence)
+            active, enc = active[keep], enc.index_select(keep)
     return finished.result(nbest, src_lengths)
 
 

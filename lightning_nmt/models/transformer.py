@@ -8,7 +8,15 @@ import torch
 from torch import Tensor, nn
 
 from lightning_nmt.data.tokenizer import PAD_ID
-from lightning_nmt.models.base import Dropout, EncoderOutput, Seq2Seq, length_mask, output_layer
+from lightning_nmt.models.base import (
+    Dropout,
+    EncoderOutput,
+    Seq2Seq,
+    length_mask,
+    output_layer,
+    per_hypothesis,
+    per_sentence,
+)
 
 
 class PositionalEncoding(nn.Module):
@@ -45,17 +53,19 @@ class DecoderLayer(nn.Module):
     def forward(
         self, x: Tensor, memory: Tensor, causal_mask: Tensor, memory_padding: Tensor, need_weights: bool
     ) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, D), memory (B, S, D), causal_mask (T, T) True above the diagonal, memory_padding
-        (B, S) True at padding -> x (B, T, D), cross-attention averaged over heads (B, T, S) or None."""
+        """x (R, T, D), R = r * B rows grouped by sentence, memory (B, S, D), causal_mask (T, T) True above
+        the diagonal, memory_padding (B, S) True at padding -> x (R, T, D), cross-attention averaged over
+        heads (R, T, S) or None."""
         h = self.norm_self(x)
         x = x + self.dropout(
             self.self_attn(h, h, h, attn_mask=causal_mask, is_causal=True, need_weights=False)[0]
         )
-        h = self.norm_cross(x)
+        h = per_sentence(self.norm_cross(x), memory.size(0))
         attended, weights = self.cross_attn(
             h, memory, memory, key_padding_mask=memory_padding, need_weights=need_weights
         )
-        x = x + self.dropout(attended)
+        x = x + self.dropout(per_hypothesis(attended, x.size(0)))
+        weights = None if weights is None else per_hypothesis(weights, x.size(0))
         return x + self.dropout(self.ffn(self.norm_ffn(x))), weights
 
 
