@@ -193,8 +193,8 @@ def test_batched_beam_equals_one_sentence_at_a_time(kind):
 @pytest.mark.parametrize("kind", list(MODEL_KINDS))
 def test_decode_step_reads_several_hypotheses_per_sentence(kind):
     """Rows r * i .. r * i + r - 1 of a decoding step belong to sentence i of the encoder output (one row
-    per sentence, as beam search passes it): the same logits, states and weights as with the encoder
-    output copied for every row."""
+    per sentence, as beam search passes it): step after step, the same logits and weights as with the
+    encoder output copied for every row."""
     model = small_model(**MODEL_KINDS[kind])
     batch = random_batch(3, size=3)
     r = 4
@@ -205,7 +205,7 @@ def test_decode_step_reads_several_hypotheses_per_sentence(kind):
         state = model.reorder(model.init_state(enc), torch.arange(3).repeat_interleave(r))
         for _ in range(3):  # a few steps, so that the states differ from row to row
             logits, state_shared, weights = model.decode_step(tokens, enc, state)
-            want_logits, want_state, want_weights = model.decode_step(tokens, per_row, state)
+            want_logits, _, want_weights = model.decode_step(tokens, per_row, state)
             torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
             if weights is not None:
                 torch.testing.assert_close(weights, want_weights, atol=1e-6, rtol=1e-5)

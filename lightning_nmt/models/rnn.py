@@ -11,7 +11,15 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_nmt.data.tokenizer import PAD_ID
 from lightning_nmt.models.attention import build_attention
-from lightning_nmt.models.base import Dropout, EncoderOutput, Seq2Seq, length_mask, lookup, output_layer
+from lightning_nmt.models.base import (
+    Dropout,
+    EncoderOutput,
+    Seq2Seq,
+    length_mask,
+    lookup,
+    output_layer,
+    per_hypothesis,
+)
 
 RNNS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -203,8 +211,10 @@ class BasicDecoder(RNNDecoder):
     def _fixed_context(enc: EncoderOutput, like: Tensor) -> Tensor:
         """The encoder's final state (B, H_enc) as the context of every row and step of like (R, T, *),
         R = r * B rows grouped by sentence: (R, T, H_enc)."""
-        final = enc.final.repeat_interleave(like.size(0) // enc.final.size(0), dim=0)
-        return final.unsqueeze(1).expand(-1, like.size(1), -1)
+        rows, batch = like.size(0), enc.final.size(0)
+        # a view while training (one row per sentence); a copy only when a sentence has several rows
+        final = per_hypothesis(enc.final.unsqueeze(1).expand(-1, rows // batch, -1), rows)  # (R, 1, H_enc)
+        return final.expand(-1, like.size(1), -1)
 
     def _rnn_input(self, emb: Tensor, enc: EncoderOutput, feed: Tensor | None) -> Tensor:
         return torch.cat([emb, self._fixed_context(enc, emb)], dim=-1)
