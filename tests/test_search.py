@@ -7,7 +7,7 @@ import torch
 
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID
 from lightning_nmt.models import EncoderOutput, Seq2Seq, search
-from lightning_nmt.models.base import length_mask
+from lightning_nmt.models.base import Linear, length_mask, packed_linears
 from lightning_nmt.models.search import beam_search, greedy
 from tests.test_models_build import MODEL_KINDS, make_batch, random_batch, small_model
 
@@ -244,3 +244,33 @@ def test_bf16_weights_are_cast_once_per_search_even_in_inference_mode(beam_size)
         assert len(weight_casts) == 1
     assert results[0].tokens == results[1].tokens
     torch.testing.assert_close(results[0].scores, results[1].scores)
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+@pytest.mark.parametrize("kind", list(MODEL_KINDS))
+def test_packed_linears_give_the_same_steps_and_leave_no_trace(kind, precision):
+    """Inside `packed_linears` (as in every search) the linear layers run oneDNN's packed matmul: the same
+    logits as the plain layers; with gradients on they stay plain (training is unchanged); on leaving,
+    no packed weight is kept (it would go stale when the weights change)."""
+    from torch.profiler import profile
+
+    model = small_model(**MODEL_KINDS[kind])
+    batch = random_batch(8, size=3)
+    tokens = torch.randint(4, 20, (3,), generator=torch.Generator().manual_seed(2))
+
+    def step_logits():
+        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            enc = model.encode(batch["src"], batch["src_lengths"])
+            return model.decode_step(tokens, enc, model.init_state(enc))[0].float()
+
+    with torch.no_grad():
+        plain = step_logits()
+        with packed_linears(model), profile() as prof:
+            packed = step_logits()
+    assert any(e.name == "mkldnn::_linear_pointwise" for e in prof.events())
+    tolerance = 1e-5 if precision == "32" else 2e-2
+    torch.testing.assert_close(packed, plain, atol=tolerance, rtol=tolerance)
+    assert all(m.packed is None for m in model.modules() if isinstance(m, Linear))
+    with packed_linears(model):
+        step_logits().sum().backward()
+    assert model.output.weight.grad is not None and model.output.weight.grad.abs().sum() > 0

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lightning_nmt.models.base import lookup, per_hypothesis, per_sentence
+from lightning_nmt.models.base import Linear, lookup, per_hypothesis, per_sentence
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -57,7 +57,7 @@ class DotAttention(Attention):
     def __init__(self, query_size: int, key_size: int) -> None:
         super().__init__()
         self.query_proj = (
-            nn.Identity() if query_size == key_size else nn.Linear(query_size, key_size, bias=False)
+            nn.Identity() if query_size == key_size else Linear(query_size, key_size, bias=False)
         )
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
@@ -80,7 +80,7 @@ class GeneralAttention(Attention):
 
     def __init__(self, query_size: int, key_size: int) -> None:
         super().__init__()
-        self.key_proj = nn.Linear(key_size, query_size, bias=False)
+        self.key_proj = Linear(key_size, query_size, bias=False)
 
     def precompute_keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, Hk) -> W s (B, S, Hq)."""
@@ -96,9 +96,9 @@ class ConcatAttention(Attention):
 
     def __init__(self, query_size: int, key_size: int) -> None:
         super().__init__()
-        self.query_proj = nn.Linear(query_size, query_size, bias=False)
-        self.key_proj = nn.Linear(key_size, query_size, bias=False)
-        self.v = nn.Linear(query_size, 1, bias=False)
+        self.query_proj = Linear(query_size, query_size, bias=False)
+        self.key_proj = Linear(key_size, query_size, bias=False)
+        self.v = Linear(query_size, 1, bias=False)
 
     def precompute_keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, Hk) -> W_k s (B, S, Hq)."""

@@ -14,6 +14,7 @@ from lightning_nmt.models.attention import build_attention
 from lightning_nmt.models.base import (
     Dropout,
     EncoderOutput,
+    Linear,
     Seq2Seq,
     length_mask,
     lookup,
@@ -110,9 +111,9 @@ class RNNDecoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
         self.dropout = Dropout(dropout)
-        self.bridge = nn.Linear(encoder_size, hidden_size)
+        self.bridge = Linear(encoder_size, hidden_size)
         self.rnn = build_rnn(rnn_type, embedding_dim + extra_input_size, hidden_size, num_layers, dropout)
-        self.combine = nn.Linear(hidden_size + encoder_size, hidden_size)
+        self.combine = Linear(hidden_size + encoder_size, hidden_size)
         self.input_feeding = input_feeding
         self.output_size = hidden_size
 

@@ -11,6 +11,7 @@ from lightning_nmt.data.tokenizer import PAD_ID
 from lightning_nmt.models.base import (
     Dropout,
     EncoderOutput,
+    Linear,
     Seq2Seq,
     length_mask,
     output_layer,
@@ -45,7 +46,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.ffn = nn.Sequential(
-            nn.Linear(d_model, ffn_dim), nn.ReLU(), Dropout(dropout), nn.Linear(ffn_dim, d_model)
+            Linear(d_model, ffn_dim), nn.ReLU(), Dropout(dropout), Linear(ffn_dim, d_model)
         )
         self.norm_self, self.norm_cross, self.norm_ffn = (nn.LayerNorm(d_model) for _ in range(3))
         self.dropout = Dropout(dropout)
