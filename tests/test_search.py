@@ -8,7 +8,7 @@ import torch
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID
 from lightning_nmt.models import EncoderOutput, Seq2Seq, search
 from lightning_nmt.models.base import Linear, length_mask, packed_linears
-from lightning_nmt.models.search import beam_search, greedy
+from lightning_nmt.models.search import _row_top, beam_search, greedy
 from tests.test_models_build import MODEL_KINDS, make_batch, random_batch, small_model
 
 A, B = 4, 5  # the stub's two words
@@ -274,3 +274,21 @@ def test_packed_linears_give_the_same_steps_and_leave_no_trace(kind, precision):
     with packed_linears(model):
         step_logits().sum().backward()
     assert model.output.weight.grad is not None and model.output.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("width", [8000, 8001, 640, 100])
+def test_two_level_top_k_finds_each_rows_best(width):
+    """Every row's k best values and their columns, as `topk` finds them: with the best values bunched in
+    one block, spread over many, or with a row that may only end (all -inf but EOS)."""
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(6, width, generator=g).log_softmax(-1)
+    x[1, 64:74] += 20.0  # the 10 best in one block
+    x[2, torch.randperm(width, generator=g)[:10]] += 20.0  # in 10 blocks
+    x[3] = float("-inf")
+    x[3, EOS_ID] = -1.5
+    values, columns = _row_top(x, 10)
+    want_values, want_columns = x.topk(10, dim=1)
+    torch.testing.assert_close(values, want_values)
+    assert torch.equal(columns[[0, 1, 2, 4, 5]], want_columns[[0, 1, 2, 4, 5]])
+    assert columns[3, 0] == EOS_ID
+    assert torch.equal(x.gather(1, columns), values)

@@ -143,6 +143,21 @@ def _log_probs(
     return log_probs, state, weights
 
 
+def _row_top(x: Tensor, k: int, block: int = 64) -> tuple[Tensor, Tensor]:
+    """x.topk(k, dim=1) for x (R, V), in two levels: the k blocks of `block` columns with the largest maxima
+    hold every row's k largest values (an element outside them is beaten by those k maxima), so only they
+    are searched. A step's (320 x 8,000) top-10 took 1.1 instead of 2.0 ms on the CPU (benchmarks/README.md).
+    Equal values may come in another order than topk's."""
+    rows, width = x.shape
+    if width % block or width // block <= k:
+        return x.topk(k, dim=1)
+    blocks = x.view(rows, width // block, block)
+    best = blocks.amax(dim=2).topk(k, dim=1).indices  # (R, k) blocks
+    candidates = blocks.gather(1, best.unsqueeze(2).expand(-1, -1, block)).view(rows, k * block)
+    values, at = candidates.topk(k, dim=1)
+    return values, best.gather(1, at // block) * block + at % block
+
+
 @torch.no_grad()
 def greedy(
     model: Seq2Seq,
@@ -222,7 +237,7 @@ def beam_search(
         log_probs, state, weights = _log_probs(model, tokens, enc, state, last.repeat_interleave(width), short)
         # the 2k best of each row first, then the 2k best of the sentence's width x 2k: the same candidates as
         # one top-k over (n, width * V), in a third of the time on the CPU
-        row_scores, row_words = log_probs.topk(2 * k, dim=1)  # (n * width, 2k)
+        row_scores, row_words = _row_top(log_probs, 2 * k)  # (n * width, 2k)
         candidates = (beam_scores.view(-1, 1) + row_scores).view(n, width * 2 * k)
         top_scores, top = candidates.topk(2 * k, dim=1)
         rows = top // (2 * k) + torch.arange(0, n * width, width, device=device).unsqueeze(1)  # (n, 2k) extended
