@@ -154,5 +154,18 @@ def test_dropout_zeroes_a_fraction_p_and_keeps_the_expectation(p):
     assert drop(x) is x
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_mask_bits_are_unbiased_in_every_lane(dtype):
+    """Four mask elements come from one 64-bit draw: each of the four 16-bit lanes (and an odd-sized
+    tensor's tail) keeps a fraction 1 - p, and the output keeps the input's dtype."""
+    torch.manual_seed(1)
+    y = Dropout(0.5)(torch.ones(1001, 403, dtype=dtype))  # 403,403 elements: not a multiple of 4
+    assert y.dtype == dtype
+    kept = y.ne(0).flatten().float()
+    for lane in range(4):
+        assert abs(kept[lane::4].mean().item() - 0.5) < 0.01
+    assert not torch.equal(Dropout(0.5)(torch.ones(64)), Dropout(0.5)(torch.ones(64)))
+
+
 def test_dropout_of_one_zeroes_everything():
     assert Dropout(1.0)(torch.ones(3, 4)).abs().sum() == 0
