@@ -81,7 +81,7 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
     (GPU, no oneDNN, or a dtype it has no kernel for). The weights must not change inside.
     """
     linears = [m for m in model.modules() if isinstance(m, Linear) and m.weight.device.type == "cpu"]
-    dtypes = _packable_dtypes()
+    dtypes = packable_dtypes()
     try:
         with torch.no_grad():
             for m in linears:
@@ -95,7 +95,7 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
             m.packed = None
 
 
-def _packable_dtypes() -> set[torch.dtype]:
+def packable_dtypes() -> set[torch.dtype]:
     """The dtypes oneDNN runs packed matmuls in on this CPU: none without oneDNN, bf16 only with CPU support."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         return set()
