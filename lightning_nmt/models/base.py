@@ -77,7 +77,7 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
     bf16), instead of the weight being reordered at every call: decoding reads each weight at every step.
 
     Measured on the CPU (benchmarks/README.md): the output layer (320 x 512) @ (512 x 8000) 15.0 -> 11.8 ms
-    in fp32; bf16 beam 5 decoding 177 -> 192 sent/s, greedy 492 -> 564, the same output. No-op elsewhere
+    in fp32, 6.5 -> 5.9 in bf16; bf16 beam 5 decoding +5%, greedy +7%, fp32 beam 5 +17%. No-op elsewhere
     (GPU, no oneDNN, or a dtype it has no kernel for). The weights must not change inside.
     """
     linears = [m for m in model.modules() if isinstance(m, Linear) and m.weight.device.type == "cpu"]
