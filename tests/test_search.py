@@ -276,13 +276,14 @@ def test_packed_linears_give_the_same_steps_and_leave_no_trace(kind, precision):
     assert model.output.weight.grad is not None and model.output.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("width", [8000, 8001, 640, 100])
+@pytest.mark.parametrize("width", [8000, 8001, 8063, 700, 640, 100])
 def test_two_level_top_k_finds_each_rows_best(width):
     """Every row's k best values and their columns, as `topk` finds them: with the best values bunched in
     one block, spread over many, or with a row that may only end (all -inf but EOS)."""
     g = torch.Generator().manual_seed(width)
     x = torch.randn(6, width, generator=g).log_softmax(-1)
     x[1, 64:74] += 20.0  # the 10 best in one block
+    x[4, -5:] += 20.0  # the 5 best in the last columns (beyond the whole blocks when width % 64 > 0)
     x[2, torch.randperm(width, generator=g)[:10]] += 20.0  # in 10 blocks
     x[3] = float("-inf")
     x[3, EOS_ID] = -1.5
