@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.profiler import profile
 
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID
 from lightning_nmt.models import EncoderOutput, Seq2Seq, search
@@ -232,8 +233,6 @@ def test_nbest_must_not_exceed_beam():
 def test_bf16_weights_are_cast_once_per_search_even_in_inference_mode(beam_size):
     """Autocast keeps its bf16 copy of each weight only outside inference mode, where Lightning evaluates:
     the output layer's weight must be cast once per search, not at every step (results unchanged)."""
-    from torch.profiler import profile
-
     model = small_model(tgt_vocab=37)  # output weight (37, 20): a shape no activation has
     batch = random_batch(4, size=7)
     results = []
@@ -252,8 +251,6 @@ def test_packed_linears_give_the_same_steps_and_leave_no_trace(kind, precision):
     """Inside `packed_linears` (as in every search) the linear layers run oneDNN's packed matmul: the same
     logits as the plain layers; with gradients on they stay plain (training is unchanged); on leaving,
     no packed weight is kept (it would go stale when the weights change)."""
-    from torch.profiler import profile
-
     model = small_model(**MODEL_KINDS[kind])
     batch = random_batch(8, size=3)
     tokens = torch.randint(4, 20, (3,), generator=torch.Generator().manual_seed(2))

@@ -60,15 +60,13 @@ class Linear(nn.Linear):
         return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, "none", [], "")
 
 
-def _cpu_compute_dtype(weight: Tensor) -> torch.dtype:
-    """The dtype a CPU matmul with `weight` runs in: autocast's if it is on (fp32 weights only), else the
-    weight's."""
+def _cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype CPU autocast casts fp32 matmul operands to, or None when it is off."""
     try:
-        autocast = torch.is_autocast_enabled("cpu")
-        dtype = torch.get_autocast_dtype("cpu")
+        enabled, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
     except TypeError:  # torch < 2.4
-        autocast, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-    return dtype if autocast and weight.dtype == torch.float32 else weight.dtype
+        enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return dtype if enabled else None
 
 
 @contextmanager
@@ -81,11 +79,12 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
     (GPU, no oneDNN, or a dtype it has no kernel for). The weights must not change inside.
     """
     linears = [m for m in model.modules() if isinstance(m, Linear) and m.weight.device.type == "cpu"]
-    dtypes = packable_dtypes()
+    dtypes, autocast = packable_dtypes(), _cpu_autocast_dtype()
     try:
         with torch.no_grad():
             for m in linears:
-                dtype = _cpu_compute_dtype(m.weight)
+                # the dtype the matmul runs in: autocast's for fp32 weights, else the weight's
+                dtype = autocast if autocast is not None and m.weight.dtype == torch.float32 else m.weight.dtype
                 if dtype in dtypes:
                     bias = None if m.bias is None else m.bias.to(dtype)
                     m.packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.to(dtype), None), bias
