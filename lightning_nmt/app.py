@@ -27,7 +27,14 @@ from lightning_nmt.distributed import effective_batch, end_job, install_hydra_re
 from lightning_nmt.errors import CheckpointError, UserError
 from lightning_nmt.module import TranslationModule, read_checkpoint
 from lightning_nmt.perf import tune_memory
-from lightning_nmt.resume import AtomicCheckpointIO, LastCheckpoint, Preempted, ResumeState, cluster_plugins
+from lightning_nmt.resume import (
+    AtomicCheckpointIO,
+    LastCheckpoint,
+    Preempted,
+    ResumedCSVLogger,
+    ResumeState,
+    cluster_plugins,
+)
 from lightning_nmt.sweeps import skip_duplicate, swept_keys, swept_overrides
 
 log = logging.getLogger("lightning_nmt")
@@ -94,12 +101,15 @@ def build_module(cfg: DictConfig, datamodule: ParallelDataModule) -> Translation
     )
 
 
-def build_logger(cfg: DictConfig, output_dir: Path) -> list[Logger]:
+def build_logger(cfg: DictConfig, output_dir: Path, resume_step: int | None = None) -> list[Logger]:
+    """The configured logger; `resume_step`: the step of the checkpoint this run continues from, if any."""
     kind = to_dict(cfg.logger)["type"]
     if kind == "none":
         return []
     if kind == "csv":
-        return [CSVLogger(save_dir=str(output_dir), name="csv", version="")]
+        if resume_step is None:
+            return [CSVLogger(save_dir=str(output_dir), name="csv", version="")]
+        return [ResumedCSVLogger(save_dir=str(output_dir), name="csv", version="", resume_step=resume_step)]
     if kind == "tensorboard":
         return [TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version="")]
     return [build_wandb_logger(cfg, output_dir)]
@@ -187,9 +197,11 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
     return None
 
 
-def check_compatible(module: TranslationModule, ckpt_path: str) -> None:
-    """Refuse a checkpoint whose model or vocabulary differs from this run's, naming the difference."""
-    saved = read_checkpoint(ckpt_path)["hyper_parameters"]
+def check_compatible(module: TranslationModule, ckpt_path: str) -> int:
+    """Refuse a checkpoint whose model or vocabulary differs from this run's, naming the difference;
+    returns the checkpoint's global step."""
+    checkpoint = read_checkpoint(ckpt_path)
+    saved = checkpoint["hyper_parameters"]
     wanted = dict(module.hparams)
     diffs = []
     for key in ("src_vocab_size", "tgt_vocab_size"):
@@ -200,6 +212,7 @@ def check_compatible(module: TranslationModule, ckpt_path: str) -> None:
             diffs.append(f"model.{key}: checkpoint {saved['model'].get(key)!r} vs config {value!r}")
     if diffs:
         raise CheckpointError(f"{ckpt_path} was trained with a different configuration: " + "; ".join(diffs))
+    return int(checkpoint.get("global_step", 0))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -216,9 +229,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     module = build_module(cfg, datamodule)
     ckpt_path = resume_checkpoint(cfg, output_dir)
-    if ckpt_path:
-        check_compatible(module, ckpt_path)
-    loggers = build_logger(cfg, output_dir)
+    resume_step = check_compatible(module, ckpt_path) if ckpt_path else None
+    loggers = build_logger(cfg, output_dir, resume_step)
     callbacks = build_callbacks(cfg, output_dir, has_logger=bool(loggers))
     trainer = L.Trainer(
         **to_dict(cfg.trainer), default_root_dir=str(output_dir), logger=loggers or False,

@@ -6,6 +6,7 @@ Everything stored here is plain Python data or tensors, so checkpoints load with
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import random
@@ -18,6 +19,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_nmt.data.atomic import atomic_path
@@ -196,3 +200,41 @@ def cluster_plugins() -> list[Any]:
     """Under SLURM, Lightning's own requeue (an `hpc_ckpt_*.ckpt` on SIGUSR1) is switched off: signals are
     handled by `LastCheckpoint` and the requeue by submitit or SLURM itself."""
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+class ResumedCSVLogger(CSVLogger):
+    """Lightning's `CSVLogger` deletes an existing metrics.csv when it starts writing. A run resumed from a
+    checkpoint at `resume_step` keeps the rows logged before that step instead (it logs the later ones again)."""
+
+    def __init__(self, *args: Any, resume_step: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumedWriter(self.log_dir, self.resume_step)
+        return self._experiment
+
+
+class _ResumedWriter(ExperimentWriter):
+    def __init__(self, log_dir: str, resume_step: int) -> None:
+        self.resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        """Called by the writer's constructor: keep the rows before `resume_step` (atomically rewritten)."""
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [row for row in reader if int(float(row["step"])) < self.resume_step]
+            header = list(reader.fieldnames or [])
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = sorted(header)

@@ -19,11 +19,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_nmt import resume
 from lightning_nmt.app import resume_checkpoint
 from lightning_nmt.errors import CheckpointError
-from lightning_nmt.resume import AtomicCheckpointIO, cluster_plugins, rng_state, set_rng_state
+from lightning_nmt.resume import (
+    AtomicCheckpointIO,
+    ResumedCSVLogger,
+    cluster_plugins,
+    rng_state,
+    set_rng_state,
+)
 from tests.conftest import compose_config
 
 # 2000 training pairs at max_tokens=2048 make 19 batches an epoch: checkpoints every 4 steps are all mid-epoch,
@@ -77,10 +84,10 @@ def wait_for_checkpoint(proc: subprocess.Popen, path: Path, min_step: int, timeo
     raise AssertionError(f"no checkpoint at step >= {min_step} within {timeout} s")
 
 
-def train_losses(run: Path) -> dict[int, float]:
-    """step -> logged train/loss from the CSV logger."""
+def csv_rows(run: Path) -> list[dict[str, str]]:
+    """The rows of the run's CSV log (metrics.csv), in order."""
     with open(run / "csv" / "metrics.csv") as f:
-        return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")}
+        return list(csv.DictReader(f))
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -148,6 +155,26 @@ def test_resume_picks_last_or_explicit_checkpoint_and_refuses_to_overwrite_one(t
         resume_checkpoint(never, tmp_path / "run")
 
 
+def test_resumed_csv_log_keeps_the_rows_before_the_checkpoint(tmp_path: Path) -> None:
+    first = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    for step in range(6):
+        first.log_metrics({"train/loss": 10.0 - step}, step=step)
+    first.finalize("success")  # killed after step 5; the checkpoint it resumes from is at step 3
+
+    resumed = ResumedCSVLogger(save_dir=str(tmp_path), name="csv", version="", resume_step=3)
+    resumed.log_metrics({"train/loss": 7.5}, step=3)
+    resumed.log_metrics({"val/bleu": 1.5}, step=4)  # a new column: the file is rewritten with a new header
+    resumed.finalize("success")
+    rows = csv_rows(tmp_path)
+    assert [(r["step"], r["train/loss"], r["val/bleu"]) for r in rows] == [
+        ("0", "10.0", ""), ("1", "9.0", ""), ("2", "8.0", ""), ("3", "7.5", ""), ("4", "", "1.5")]
+
+    fresh = ResumedCSVLogger(save_dir=str(tmp_path / "new"), name="csv", version="", resume_step=3)
+    fresh.log_metrics({"train/loss": 1.0}, step=3)  # a checkpoint from another run: no log to keep
+    fresh.finalize("success")
+    assert [r["step"] for r in csv_rows(tmp_path / "new")] == ["3"]
+
+
 def test_slurm_requeue_is_left_to_submitit_or_slurm(monkeypatch) -> None:
     for var in [v for v in os.environ if v.startswith("SLURM_")]:
         monkeypatch.delenv(var)
@@ -186,9 +213,11 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path: Pat
         assert torch.equal(tensor, b["state_dict"][name]), name  # exact, not approximate
     for key, state in a["optimizer_states"][0]["state"].items():
         assert torch.equal(state["exp_avg"], b["optimizer_states"][0]["state"][key]["exp_avg"])
-    full_losses, resumed_losses = train_losses(tmp_path / "full"), train_losses(run)
-    after = [step for step in full_losses if step >= killed_at]
-    assert after and [resumed_losses[s] for s in after] == [full_losses[s] for s in after]
+    # the CSV log holds every step once, as the uninterrupted run's: the rows before the checkpoint are kept
+    # (Lightning's CSVLogger alone deletes them), those logged after it before the kill are replaced
+    full_rows, resumed_rows = csv_rows(tmp_path / "full"), csv_rows(run)
+    assert any(row["train/loss"] and int(row["step"]) < killed_at for row in full_rows)
+    assert resumed_rows == full_rows
 
     m_full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     m_resumed = json.loads((run / "metrics.json").read_text())
