@@ -110,8 +110,8 @@ def build_logger(cfg: DictConfig, output_dir: Path, resume_step: int | None = No
         if resume_step is None:
             return [CSVLogger(save_dir=str(output_dir), name="csv", version="")]
         return [ResumedCSVLogger(save_dir=str(output_dir), name="csv", version="", resume_step=resume_step)]
-    if kind == "tensorboard":
-        return [TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version="")]
+    if kind == "tensorboard":  # purge_step: TensorBoard hides the killed run's events from that step on
+        return [TensorBoardLogger(save_dir=str(output_dir), name="tensorboard", version="", purge_step=resume_step)]
     return [build_wandb_logger(cfg, output_dir)]
 
 

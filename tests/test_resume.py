@@ -14,23 +14,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import Logger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_nmt import resume
-from lightning_nmt.app import resume_checkpoint
+from lightning_nmt.app import build_logger, resume_checkpoint
 from lightning_nmt.errors import CheckpointError
-from lightning_nmt.resume import (
-    AtomicCheckpointIO,
-    ResumedCSVLogger,
-    cluster_plugins,
-    rng_state,
-    set_rng_state,
-)
+from lightning_nmt.resume import AtomicCheckpointIO, cluster_plugins, rng_state, set_rng_state
 from tests.conftest import compose_config
 
 # 2000 training pairs at max_tokens=2048 make 19 batches an epoch: checkpoints every 4 steps are all mid-epoch,
@@ -155,24 +151,37 @@ def test_resume_picks_last_or_explicit_checkpoint_and_refuses_to_overwrite_one(t
         resume_checkpoint(never, tmp_path / "run")
 
 
-def test_resumed_csv_log_keeps_the_rows_before_the_checkpoint(tmp_path: Path) -> None:
-    first = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
-    for step in range(6):
-        first.log_metrics({"train/loss": 10.0 - step}, step=step)
-    first.finalize("success")  # killed after step 5; the checkpoint it resumes from is at step 3
+def log_steps(logger: Logger, steps: range, value: Callable[[int], dict[str, float]]) -> None:
+    for step in steps:
+        logger.log_metrics(value(step), step=step)
+    logger.finalize("success")
 
-    resumed = ResumedCSVLogger(save_dir=str(tmp_path), name="csv", version="", resume_step=3)
-    resumed.log_metrics({"train/loss": 7.5}, step=3)
-    resumed.log_metrics({"val/bleu": 1.5}, step=4)  # a new column: the file is rewritten with a new header
-    resumed.finalize("success")
-    rows = csv_rows(tmp_path)
-    assert [(r["step"], r["train/loss"], r["val/bleu"]) for r in rows] == [
-        ("0", "10.0", ""), ("1", "9.0", ""), ("2", "8.0", ""), ("3", "7.5", ""), ("4", "", "1.5")]
 
-    fresh = ResumedCSVLogger(save_dir=str(tmp_path / "new"), name="csv", version="", resume_step=3)
-    fresh.log_metrics({"train/loss": 1.0}, step=3)  # a checkpoint from another run: no log to keep
-    fresh.finalize("success")
-    assert [r["step"] for r in csv_rows(tmp_path / "new")] == ["3"]
+@pytest.mark.parametrize("kind", ["csv", "tensorboard"])
+def test_resumed_run_logs_replace_what_the_killed_run_logged_after_its_checkpoint(tmp_path: Path,
+                                                                                   kind: str) -> None:
+    """Killed after step 5, resumed from the checkpoint of step 3: the log holds steps 0-2 of the first run,
+    then the resumed run's (Lightning's CSVLogger alone deletes steps 0-2, TensorBoard alone shows both 3-5s)."""
+    cfg = compose_config("train", [f"logger={kind}"], tmp_path)
+    (first,) = build_logger(cfg, tmp_path)
+    log_steps(first, range(6), lambda step: {"train/loss": 10.0 - step})
+    (resumed,) = build_logger(cfg, tmp_path, resume_step=3)
+    log_steps(resumed, range(3, 5), lambda step: {"train/loss": 100.0 + step, "val/bleu": 1.5} if step == 4
+              else {"train/loss": 100.0 + step})  # a new column: the CSV is rewritten with a new header
+    if kind == "csv":
+        rows = csv_rows(tmp_path)
+        logged = [(int(r["step"]), float(r["train/loss"])) for r in rows]
+        assert [r["val/bleu"] for r in rows] == ["", "", "", "", "1.5"]
+    else:
+        events = EventAccumulator(str(tmp_path / "tensorboard"))
+        events.Reload()
+        logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert logged == [(0, 10.0), (1, 9.0), (2, 8.0), (3, 103.0), (4, 104.0)]
+
+    (fresh,) = build_logger(cfg, tmp_path / "new", resume_step=3)  # a checkpoint of another run: nothing to keep
+    log_steps(fresh, range(3, 4), lambda step: {"train/loss": 1.0})
+    if kind == "csv":
+        assert [r["step"] for r in csv_rows(tmp_path / "new")] == ["3"]
 
 
 def test_slurm_requeue_is_left_to_submitit_or_slurm(monkeypatch) -> None:
