@@ -28,8 +28,8 @@ def test_second_build_reuses_the_cache(tmp_path, caplog):
     prefixes = corpus(tmp_path)
     first, built = build_or_load(tmp_path / "cache", corpora(prefixes), SETTINGS, max_len=200)
     assert built and (first.path / "DONE").is_file()
-    assert sorted(p.name for p in first.path.iterdir()) == [
-        "DONE", "joint.model", "meta.json", "test.npz", "tokenizer.json", "train.npz", "val.npz"]
+    names = sorted(p.name.split("-")[0] for p in first.path.iterdir())
+    assert names == ["DONE", "joint.model", "meta.json", "test", "tokenizer.json", "train.npz", "val"]
     with caplog.at_level(logging.INFO, logger="lightning_nmt.data"):
         second, built = build_or_load(tmp_path / "cache", corpora(prefixes), SETTINGS, max_len=200)
     assert not built and "using the binarized corpus cached" in caplog.text
@@ -39,11 +39,11 @@ def test_second_build_reuses_the_cache(tmp_path, caplog):
         for key, array in first.splits[name].arrays().items():
             assert np.array_equal(array, second.splits[name].arrays()[key])
     meta = json.loads((first.path / "meta.json").read_text())
-    assert meta["sizes"] == {"train": 1500, "val": 50, "test": 50}
+    assert meta["sizes"] == {"train": 1500} and len(first.splits["val"]) == len(first.splits["test"]) == 50
     assert meta["drop_counts"] == {"empty": 0, "too_long": 0}
 
 
-def test_changed_content_or_settings_rebuild(tmp_path):
+def test_changed_train_content_or_settings_rebuild(tmp_path):
     prefixes = corpus(tmp_path)
     base, _ = build_or_load(tmp_path / "cache", corpora(prefixes), SETTINGS, max_len=200)
     changes = [({**SETTINGS, "vocab_size": 600}, 200), ({**SETTINGS, "model_type": "unigram"}, 200),
@@ -51,11 +51,30 @@ def test_changed_content_or_settings_rebuild(tmp_path):
     for settings, max_len in changes:
         entry, built = build_or_load(tmp_path / "cache", corpora(prefixes), settings, max_len)
         assert built and entry.path != base.path
-    test_en = Path(f"{prefixes['test']}.en")
-    test_en.write_text(test_en.read_text().replace("the", "a", 1))  # a one-word edit in the test split
+    train_en = Path(f"{prefixes['train']}.en")
+    train_en.write_text(train_en.read_text().replace("the", "a", 1))  # a one-word edit in the train split
     entry, built = build_or_load(tmp_path / "cache", corpora(prefixes), SETTINGS, max_len=200)
     assert built and entry.path != base.path
     assert len(list((tmp_path / "cache").glob("bin-*[!k]"))) == 6
+
+
+def test_new_or_edited_test_sets_are_encoded_without_training_sentencepiece_again(tmp_path, caplog):
+    prefixes = corpus(tmp_path)
+    base, _ = build_or_load(tmp_path / "cache", corpora(prefixes), SETTINGS, max_len=200)
+    extra = write_sample_corpus(tmp_path / "extra", {"train": 10, "test": 30}, seed=9)["test"]
+    test_en = Path(f"{prefixes['test']}.en")
+    edited = test_en.read_text().replace("the", "a", 1)  # a one-word edit in the test split
+    test_en.write_text(edited)
+    with caplog.at_level(logging.INFO, logger="lightning_nmt.data"):
+        texts = {**corpora(prefixes), "extra": read_parallel(extra, "en", "fr")}
+        entry, built = build_or_load(tmp_path / "cache", texts, SETTINGS, max_len=200)
+    assert not built and entry.path == base.path  # the same tokenizer, not trained again
+    assert "encoding test" in caplog.text and "encoding extra" in caplog.text and "encoding val" not in caplog.text
+    first_line = edited.splitlines()[0]
+    assert list(entry.splits["test"][0].src) == entry.tokenizer.encode_src([first_line])[0]
+    assert list(base.splits["test"][0].src) != list(entry.splits["test"][0].src)
+    assert len(entry.splits["extra"]) == 30 and len(entry.splits["val"]) == 50
+    assert len(list((tmp_path / "cache").glob("bin-*[!k]"))) == 1
 
 
 WORKER = """

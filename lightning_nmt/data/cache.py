@@ -1,15 +1,19 @@
 """The binarized-corpus cache: trained sentencepiece model(s) + encoded splits, built once per content.
 
-Layout of ``<cache_dir>/bin-<key>/`` (``key``: sha256 of every split's file contents, the tokenizer
+Layout of ``<cache_dir>/bin-<key>/`` (``key``: sha256 of the train split's file contents, the tokenizer
 settings and ``max_len``)::
 
     tokenizer.json, joint.model | src.model + tgt.model   the Tokenizer (see Tokenizer.save)
-    <split>.npz        src_ids, src_offsets, tgt_ids, tgt_offsets (+ keep: kept raw line indices, train)
-    meta.json          key, settings, max_len, drop counts, split sizes, vocabulary sizes
+    train.npz          src_ids, src_offsets, tgt_ids, tgt_offsets, keep (kept raw line indices)
+    <split>-<digest>.npz   an evaluation split (val, test, extra test sets), keyed by its own contents
+    meta.json          key, settings, max_len, drop counts, train size, vocabulary sizes
     DONE               written last
 
-The directory is built under a ``filelock.FileLock`` (``bin-<key>.lock``) in a temporary directory that
-is renamed into place, so concurrent jobs (DDP ranks, sweep runs) train sentencepiece only once.
+An evaluation split is encoded with the entry's tokenizer the first time it is asked for, so adding a test
+set or editing one never trains sentencepiece again. The entry is built under a ``filelock.FileLock``
+(``bin-<key>.lock``) in a temporary directory that is renamed into place, and evaluation splits are added
+under the same lock as files renamed into place, so concurrent jobs (DDP ranks, sweep runs) train
+sentencepiece and encode each split only once.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from lightning_nmt.data.atomic import atomic_directory
+from lightning_nmt.data.atomic import atomic_directory, atomic_path
 from lightning_nmt.data.corpus import ParallelText, drop_empty
 from lightning_nmt.data.dataset import EncodedDataset
 from lightning_nmt.data.errors import DataError
 from lightning_nmt.data.tokenizer import Tokenizer
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 log = logging.getLogger("lightning_nmt.data")
 
 
@@ -47,10 +51,9 @@ class Binarized:
     meta: dict[str, Any]
 
 
-def cache_key(corpora: Mapping[str, ParallelText], settings: Mapping[str, Any], max_len: int) -> str:
-    """sha256 over the splits' contents, tokenizer settings and ``max_len``."""
-    spec = {"version": CACHE_VERSION, "settings": dict(settings), "max_len": max_len,
-            "splits": {name: text.digest for name, text in corpora.items()}}
+def cache_key(train: ParallelText, settings: Mapping[str, Any], max_len: int) -> str:
+    """sha256 over the train split's contents, tokenizer settings and ``max_len``."""
+    spec = {"version": CACHE_VERSION, "settings": dict(settings), "max_len": max_len, "train": train.digest}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -73,60 +76,71 @@ def _clean_train(
     return tokenizer, dataset, np.asarray(keep, dtype=np.int64)[short], drops
 
 
-def _build(
-    directory: Path, key: str, corpora: Mapping[str, ParallelText], settings: Mapping[str, Any], max_len: int
-) -> None:
-    """Train, encode and write every file of a cache entry into ``directory``."""
-    tokenizer, train, keep, drops = _clean_train(corpora["train"], settings, max_len)
+def _build(directory: Path, key: str, train_text: ParallelText, settings: Mapping[str, Any], max_len: int) -> None:
+    """Train the tokenizer, encode the train split and write them into ``directory``."""
+    tokenizer, train, keep, drops = _clean_train(train_text, settings, max_len)
     tokenizer.save(directory)
     np.savez(directory / "train.npz", keep=keep, **train.arrays())
-    sizes = {"train": len(train)}
-    for name, text in corpora.items():
-        if name != "train":
-            src, tgt = tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt)
-            dataset = EncodedDataset.from_lists(src, tgt)
-            np.savez(directory / f"{name}.npz", **dataset.arrays())
-            sizes[name] = len(dataset)
     meta = {"version": CACHE_VERSION, "key": key, "settings": dict(settings), "max_len": max_len,
-            "drop_counts": drops, "sizes": sizes,
+            "drop_counts": drops, "sizes": {"train": len(train)},
             "vocab_size": {"src": tokenizer.src_vocab_size, "tgt": tokenizer.tgt_vocab_size},
-            "files": {name: [str(t.src_path), str(t.tgt_path)] for name, t in corpora.items()}}
+            "files": {"train": [str(train_text.src_path), str(train_text.tgt_path)]}}
     (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     (directory / "DONE").touch()
 
 
-def _load(directory: Path) -> Binarized:
-    meta = json.loads((directory / "meta.json").read_text())
-    splits, keep = {}, np.zeros(0, dtype=np.int64)
-    for name in meta["sizes"]:
-        with np.load(directory / f"{name}.npz") as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        if name == "train":
-            keep = arrays.pop("keep")
-        splits[name] = EncodedDataset(arrays)
-    return Binarized(directory, Tokenizer.load(directory), splits, keep, meta)
+def _split_file(directory: Path, name: str, text: ParallelText) -> Path:
+    return directory / f"{name}-{text.digest[:16]}.npz"
+
+
+def _encode_split(path: Path, tokenizer: Tokenizer, text: ParallelText) -> None:
+    """Encode an evaluation split with the entry's tokenizer into ``path`` (atomically)."""
+    dataset = EncodedDataset.from_lists(tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **dataset.arrays())
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
 
 
 def build_or_load(
     cache_dir: str | Path, corpora: Mapping[str, ParallelText], settings: Mapping[str, Any], max_len: int
 ) -> tuple[Binarized, bool]:
-    """Load the cache entry for these inputs, building it first if needed.
+    """Load the cache entry for these inputs, building it (or encoding a new evaluation split) first if needed.
 
     ``corpora`` must contain ``train``. Returns the entry and whether this call built it (i.e. trained
     sentencepiece).
     """
-    key = cache_key(corpora, settings, max_len)
+    key = cache_key(corpora["train"], settings, max_len)
     directory = Path(cache_dir) / f"bin-{key[:20]}"
+    lock = FileLock(str(directory) + ".lock")
     built = False
     if not (directory / "DONE").is_file():
         directory.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(directory) + ".lock"):
+        with lock:
             if not (directory / "DONE").is_file():
                 shutil.rmtree(directory, ignore_errors=True)  # incomplete leftover
                 log.info("training sentencepiece and binarizing the corpus into %s", directory)
                 with atomic_directory(directory) as tmp:
-                    _build(tmp, key, corpora, settings, max_len)
+                    _build(tmp, key, corpora["train"], settings, max_len)
                 built = True
     if not built:
         log.info("using the binarized corpus cached in %s", directory)
-    return _load(directory), built
+    tokenizer = Tokenizer.load(directory)
+    evaluation = {name: text for name, text in corpora.items() if name != "train"}
+    if any(not _split_file(directory, name, text).is_file() for name, text in evaluation.items()):
+        with lock:
+            for name, text in evaluation.items():
+                path = _split_file(directory, name, text)
+                if not path.is_file():
+                    log.info("encoding %s with the cached tokenizer into %s", name, path)
+                    _encode_split(path, tokenizer, text)
+    train = _read_npz(directory / "train.npz")
+    keep = train.pop("keep")
+    splits = {"train": EncodedDataset(train)}
+    splits.update({name: EncodedDataset(_read_npz(_split_file(directory, name, text)))
+                   for name, text in evaluation.items()})
+    meta = json.loads((directory / "meta.json").read_text())
+    return Binarized(directory, tokenizer, splits, keep, meta), built
