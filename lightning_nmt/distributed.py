@@ -45,10 +45,18 @@ def relaunch_command(local_rank: int) -> tuple[list[str], str]:
         command = [sys.executable, to_absolute_path(sys.argv[0])]
     else:
         command = [sys.executable, "-m", __main__.__spec__.name]
-    command += [f"--config-name={hc.job.config_name}", *child_overrides(hc.overrides.task, hc.overrides.hydra),
+    command += [*config_dir_flags(hc.runtime.config_sources), f"--config-name={hc.job.config_name}",
+                *child_overrides(hc.overrides.task, hc.overrides.hydra),
                 f"hydra.run.dir={_quote(hc.runtime.output_dir)}",
                 f"hydra.job.name={hc.job.name}_rank{local_rank}", "hydra.output_subdir=null"]
     return command, get_original_cwd()
+
+
+def config_dir_flags(sources: Sequence[Any]) -> list[str]:
+    """`--config-path` / `--config-dir` flags that give a relaunched rank the parent's config directories:
+    the primary one and those added with `--config-dir` (a user's own experiment configs, say)."""
+    flags = {"main": "--config-path", "command-line": "--config-dir"}
+    return [f"{flags[s.provider]}={s.path}" for s in sources if s.schema == "file" and s.provider in flags]
 
 
 def child_overrides(task: Sequence[str], hydra: Sequence[str]) -> list[str]:

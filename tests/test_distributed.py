@@ -51,6 +51,14 @@ def test_child_overrides_keep_the_job_and_drop_what_belongs_to_the_sweep():
     assert distributed.child_overrides(task, hydra) == [*task, "hydra.job.chdir=true", "+hydra.verbose=true"]
 
 
+def test_relaunched_rank_reads_the_same_config_directories(tmp_path):
+    user_dir = tmp_path / "my_configs"
+    cfg = compose_config("train", [f"hydra.searchpath=[file://{user_dir}]"])
+    sources = [*cfg.hydra.runtime.config_sources, {"path": str(user_dir), "schema": "file", "provider": "command-line"}]
+    flags = distributed.config_dir_flags(OmegaConf.create(sources))
+    assert flags == [f"--config-path={ROOT / 'conf'}", f"--config-dir={user_dir}"]
+
+
 @pytest.mark.parametrize("directory", ["/tmp/multi/seed=1,trainer.strategy=ddp", "/tmp/it's here/0"])
 def test_quoted_run_dir_parses_back_to_the_same_single_string(directory):
     override = OverridesParser.create().parse_overrides([f"hydra.run.dir={distributed._quote(directory)}"])[0]
@@ -156,15 +164,20 @@ def test_ddp_cpu_run_scores_whole_sets_shards_disjointly_and_writes_one_run(tmp_
 
 @pytest.mark.slow
 def test_ddp_multirun_runs_each_job_once(tmp_path):
-    """Two DDP jobs in one `-m` sweep: each rank 1 runs only its own job, and job 2 does not inherit job 1's
-    process group (without the relaunch patch and `end_job` job 2 fails with a gloo error)."""
+    """Two DDP jobs in one `-m` sweep, with a trainer config from the user's own `--config-dir`: each rank 1
+    runs only its own job, with the same configs, and job 2 does not inherit job 1's process group (without the
+    relaunch patch and `end_job` job 2 fails with a gloo error)."""
     sweep = tmp_path / "multi"
+    user_trainer = tmp_path / "my_configs" / "trainer" / "two_ranks_two_steps.yaml"  # rank 1 must find it too
+    user_trainer.parent.mkdir(parents=True)
+    user_trainer.write_text("defaults: [ddp_cpu]\nmax_steps: 2\n")
     proc = run_train("lightning_nmt.train", [
-        "-m", "trainer=ddp_cpu", "seed=1,2", *TINY, "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "-m", f"--config-dir={user_trainer.parents[1]}", "trainer=two_ranks_two_steps", "seed=1,2", *TINY,
+        "trainer.val_check_interval=2",
         "test_after_training=false", "logger=csv", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path}/cache",
     ], cwd=tmp_path)
     assert (proc.stdout + proc.stderr).count("Launching 2 jobs") == 1  # rank 1 did not start the sweep again
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "multi"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "multi", "my_configs"]
     assert sorted(p.relative_to(sweep).as_posix() for p in sweep.rglob("metrics.json")) == \
         ["0/metrics.json", "1/metrics.json"]
     assert sorted(p.relative_to(sweep).as_posix() for p in sweep.rglob("multirun.yaml")) == ["multirun.yaml"]
