@@ -16,6 +16,8 @@ import sys
 from collections import defaultdict
 from typing import Any
 
+from lightning_nmt.compare import to_markdown
+
 # (our field, Joey's field or None, column title, format)
 COLUMNS = [
     ("train_tgt_tokens_per_sec", "train_tgt_tokens_per_s", "train tgt tok/s", "{:,.0f}"),
@@ -65,14 +67,13 @@ def table(lines: list[dict[str, Any]]) -> str:
         joeys.append(joey)
         for run in ours:
             by_config[config_name(run)].append((joey, run))
-    head = "| medians of n rounds | n | " + " | ".join(title for _, _, title, _ in COLUMNS) + " |"
-    rows = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    header = ["medians of n rounds", "n", *(title for _, _, title, _ in COLUMNS)]
     joey_row = ["Joey NMT 2.3.0 (input feeding, fp32)", str(len(joeys))]
     for ours, theirs, _, pattern in COLUMNS:
         # Joey's own figure, in the column of the same name
         shown = theirs is not None and "forced" not in ours and "matched" not in ours
         joey_row.append(fmt([j[theirs] for j in joeys if j.get(theirs) is not None], pattern) if shown else "")
-    rows.append("| " + " | ".join(joey_row) + " |")
+    rows = [joey_row]
     for name, pairs in by_config.items():
         cells, ratios = [name, str(len(pairs))], ["ratio to Joey (median of per-round ratios)", ""]
         for ours, theirs, _, pattern in COLUMNS:
@@ -80,8 +81,8 @@ def table(lines: list[dict[str, Any]]) -> str:
             per_round = [run[ours] / joey[theirs] for joey, run in pairs
                          if theirs and "words" not in ours and run.get(ours) and joey.get(theirs)]
             ratios.append(f"**{statistics.median(per_round):.2f}x**" if per_round else "")
-        rows += ["| " + " | ".join(cells) + " |", "| " + " | ".join(ratios) + " |"]
-    return "\n".join(rows)
+        rows += [cells, ratios]
+    return to_markdown(header, rows)
 
 
 def main() -> None:
@@ -89,7 +90,7 @@ def main() -> None:
         raise SystemExit(__doc__)
     with open(sys.argv[1], encoding="utf-8") as f:
         lines = [json.loads(line) for line in f if line.strip()]
-    print(table(lines))
+    print(table(lines), end="")
 
 
 if __name__ == "__main__":
