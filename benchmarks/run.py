@@ -150,7 +150,7 @@ def _packed_linear_flops(x_shape: Any, *args: Any, out_shape: Any, **kwargs: Any
 
 def count_flops(module: TranslationModule, batch: dict[str, torch.Tensor], precision: str) -> int:
     """FLOPs of one training step's forward + backward on `batch` (optimizer step excluded)."""
-    packed = {torch.ops.mkldnn._linear_pointwise.default: _packed_linear_flops}
+    packed = {torch.ops.mkldnn._linear_pointwise: _packed_linear_flops}
     with FlopCounterMode(display=False, custom_mapping=packed) as counter, torch.autocast(
             "cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
         loss, n = module.token_loss(batch)

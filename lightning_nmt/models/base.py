@@ -80,17 +80,18 @@ class _PackedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
-        grad_2d, x_2d = grad.reshape(-1, grad.size(-1)), x.reshape(-1, x.size(-1))  # (N, out), (N, in)
-        grad_bias = grad_2d.sum(0) if ctx.has_bias else None
-        return grad @ weight, grad_2d.t() @ x_2d, grad_bias
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_2d = grad.reshape(-1, grad.size(-1))  # (N, out)
+        grad_x = grad @ weight if needs_x else None
+        grad_weight = grad_2d.t() @ x.reshape(-1, x.size(-1)) if needs_weight else None
+        return grad_x, grad_weight, grad_2d.sum(0) if needs_bias else None
 
 
 def _cpu_autocast_dtype() -> torch.dtype | None:
