@@ -6,13 +6,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch import nn
-from torch.profiler import profile
 
 from lightning_nmt.config import ModelConfig, ModelType
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lightning_nmt.models import Seq2Seq, build_model
-from lightning_nmt.models.base import Dropout, Linear, packable_dtypes
+from lightning_nmt.models.base import Dropout
 from lightning_nmt.models.rnn import BasicDecoder
 from lightning_nmt.models.transformer import TransformerSeq2Seq
 
@@ -171,37 +169,3 @@ def test_dropout_mask_bits_are_unbiased_in_every_lane(dtype):
 
 def test_dropout_of_one_zeroes_everything():
     assert Dropout(1.0)(torch.ones(3, 4)).abs().sum() == 0
-
-
-@pytest.mark.skipif(not packable_dtypes(), reason="this torch build has no oneDNN packed matmul")
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("precision", ["32", "bf16"])
-def test_linear_trains_through_onednn_on_many_rows_with_the_same_values_and_gradients(precision, bias):
-    """On at least `Linear.PACK_ROWS` rows (the whole target through the output layer) training runs oneDNN's
-    packed matmul; outputs and the gradients of input, weight and bias are those of `nn.Linear`. Few rows
-    (a step-by-step decoder) stay on `F.linear`."""
-    if precision == "bf16" and torch.bfloat16 not in packable_dtypes():
-        pytest.skip("no bf16 oneDNN matmul on this CPU")
-    torch.manual_seed(0)
-    layer, plain = Linear(24, 40, bias=bias), nn.Linear(24, 40, bias=bias)
-    plain.load_state_dict(layer.state_dict())
-    x = torch.randn(3, Linear.PACK_ROWS // 3 + 1, 24)  # (..., in)
-    grad = torch.randn(3, Linear.PACK_ROWS // 3 + 1, 40)
-
-    def run(module: nn.Module, inputs: torch.Tensor) -> tuple[list[str], torch.Tensor, list[torch.Tensor]]:
-        inputs = inputs.clone().requires_grad_()
-        with profile() as prof, torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-            out = module(inputs)
-        (out.float() * grad[:, : inputs.size(1)]).sum().backward()
-        grads = [inputs.grad, *(p.grad for p in module.parameters())]
-        return [e.name for e in prof.events()], out, grads
-
-    ops, out, grads = run(layer, x)
-    _, want_out, want_grads = run(plain, x)
-    assert "mkldnn::_linear_pointwise" in ops and out.dtype == want_out.dtype
-    tolerance = 1e-5 if precision == "32" else 2e-2
-    torch.testing.assert_close(out, want_out, atol=tolerance, rtol=tolerance)
-    for got, want in zip(grads, want_grads, strict=True):
-        torch.testing.assert_close(got, want, atol=tolerance, rtol=tolerance)
-    ops, out, _ = run(layer, x[:, :2])
-    assert "mkldnn::_linear_pointwise" not in ops
