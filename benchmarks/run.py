@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -142,10 +143,16 @@ class StepTimer(L.Callback):
             self.samples.append({k: v.clone() for k, v in batch.items()})
 
 
+def _packed_linear_flops(x_shape: Any, *args: Any, out_shape: Any, **kwargs: Any) -> int:
+    """oneDNN's packed matmul (`models.base.Linear`): x (..., in) -> out (..., out), 2 FLOPs a multiply-add."""
+    return 2 * math.prod(x_shape) * out_shape[-1]
+
+
 def count_flops(module: TranslationModule, batch: dict[str, torch.Tensor], precision: str) -> int:
     """FLOPs of one training step's forward + backward on `batch` (optimizer step excluded)."""
-    with FlopCounterMode(display=False) as counter, torch.autocast("cpu", torch.bfloat16,
-                                                                    enabled=precision == "bf16-mixed"):
+    packed = {torch.ops.mkldnn._linear_pointwise: _packed_linear_flops}
+    with FlopCounterMode(display=False, custom_mapping=packed) as counter, torch.autocast(
+            "cpu", torch.bfloat16, enabled=precision == "bf16-mixed"):
         loss, n = module.token_loss(batch)
         (loss / n).backward()
     module.zero_grad(set_to_none=True)

@@ -249,7 +249,7 @@ def test_bf16_weights_are_cast_once_per_search_even_in_inference_mode(beam_size)
 @pytest.mark.parametrize("kind", list(MODEL_KINDS))
 def test_packed_linears_give_the_same_steps_and_leave_no_trace(kind, precision):
     """Inside `packed_linears` (as in every search) the linear layers run oneDNN's packed matmul: the same
-    logits as the plain layers; with gradients on they stay plain (training is unchanged); on leaving,
+    logits as the plain layers; with gradients on they take the training path (gradients flow); on leaving,
     no packed weight is kept (it would go stale when the weights change)."""
     model = small_model(**MODEL_KINDS[kind])
     batch = random_batch(8, size=3)

@@ -48,16 +48,51 @@ def per_hypothesis(x: Tensor, rows: int) -> Tensor:
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` that, inside `packed_linears` and with gradients off, multiplies by its weight packed
-    once for oneDNN (`packed`: the weight and bias in the compute dtype, weight in oneDNN's layout)."""
+    """`nn.Linear` that multiplies by its weight in oneDNN's packed layout on the CPU.
+
+    - In bf16 training, on inputs of at least `PACK_ROWS` rows (the whole target of a batch through the
+      output layer, say): the weight is packed at each call, which costs about as much as multiplying ~50
+      rows, and oneDNN's packed matmul is 5-15% faster than `F.linear` (a bf16 step +1-3.6%,
+      benchmarks/README.md). The backward pass is two plain matmuls. Fewer rows (step-by-step decoders)
+      keep `F.linear`. fp32 training keeps `F.linear` (MKL): through oneDNN it was as much faster, but
+      ideep's per-shape cache (`LRU_CACHE_CAPACITY`) kept ~10 MB per batch shape, +390 MB of peak memory.
+    - Inside `packed_linears` with gradients off (decoding): by `packed`, the weight and bias in the compute
+      dtype, the weight packed once per search.
+    """
 
     packed: tuple[Tensor, Tensor | None] | None = None
+    PACK_ROWS = 1024
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.packed is None or torch.is_grad_enabled():
-            return super().forward(x)
-        weight, bias = self.packed
-        return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, "none", [], "")
+        if self.packed is not None and not torch.is_grad_enabled():
+            weight, bias = self.packed
+            return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, "none", [], "")
+        if x.device.type == "cpu" and x.numel() >= self.PACK_ROWS * self.in_features:
+            dtype = _cpu_autocast_dtype() or self.weight.dtype
+            if dtype == torch.bfloat16 and dtype in packable_dtypes():
+                bias = None if self.bias is None else self.bias.to(dtype)
+                return _PackedLinear.apply(x.to(dtype), self.weight.to(dtype), bias)
+        return super().forward(x)
+
+
+class _PackedLinear(torch.autograd.Function):
+    """y = x @ weight.T + bias with the weight packed for oneDNN in the forward pass; x (..., in)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_2d = grad.reshape(-1, grad.size(-1))  # (N, out)
+        grad_x = grad @ weight if needs_x else None
+        grad_weight = grad_2d.t() @ x.reshape(-1, x.size(-1)) if needs_weight else None
+        return grad_x, grad_weight, grad_2d.sum(0) if needs_bias else None
 
 
 def _cpu_autocast_dtype() -> torch.dtype | None:
