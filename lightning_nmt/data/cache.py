@@ -129,18 +129,17 @@ def build_or_load(
     if not built:
         log.info("using the binarized corpus cached in %s", directory)
     tokenizer = Tokenizer.load(directory)
-    evaluation = {name: text for name, text in corpora.items() if name != "train"}
-    if any(not _split_file(directory, name, text).is_file() for name, text in evaluation.items()):
+    evaluation = {name: (text, _split_file(directory, name, text)) for name, text in corpora.items()
+                  if name != "train"}
+    if any(not path.is_file() for _, path in evaluation.values()):
         with lock:
-            for name, text in evaluation.items():
-                path = _split_file(directory, name, text)
+            for name, (text, path) in evaluation.items():
                 if not path.is_file():
                     log.info("encoding %s with the cached tokenizer into %s", name, path)
                     _encode_split(path, tokenizer, text)
     train = _read_npz(directory / "train.npz")
     keep = train.pop("keep")
     splits = {"train": EncodedDataset(train)}
-    splits.update({name: EncodedDataset(_read_npz(_split_file(directory, name, text)))
-                   for name, text in evaluation.items()})
+    splits.update({name: EncodedDataset(_read_npz(path)) for name, (_, path) in evaluation.items()})
     meta = json.loads((directory / "meta.json").read_text())
     return Binarized(directory, tokenizer, splits, keep, meta), built

@@ -3,6 +3,7 @@ helpers shared by the model modules."""
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -68,7 +69,7 @@ class Linear(nn.Linear):
             weight, bias = self.packed
             return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, "none", [], "")
         if x.device.type == "cpu" and x.numel() >= self.PACK_ROWS * self.in_features:
-            dtype = _cpu_autocast_dtype() or self.weight.dtype
+            dtype = _compute_dtype(self.weight, _cpu_autocast_dtype())
             if dtype == torch.bfloat16 and dtype in packable_dtypes():
                 bias = None if self.bias is None else self.bias.to(dtype)
                 return _PackedLinear.apply(x.to(dtype), self.weight.to(dtype), bias)
@@ -104,6 +105,12 @@ def _cpu_autocast_dtype() -> torch.dtype | None:
     return dtype if enabled else None
 
 
+def _compute_dtype(weight: Tensor, autocast: torch.dtype | None) -> torch.dtype:
+    """The dtype a CPU matmul with `weight` runs in: `autocast`'s for fp32 weights when it is on, else the
+    weight's."""
+    return autocast if autocast is not None and weight.dtype == torch.float32 else weight.dtype
+
+
 @contextmanager
 def packed_linears(model: nn.Module) -> Iterator[None]:
     """Inside, every `Linear` of a CPU `model` multiplies by its weight packed once for oneDNN (fp32 or
@@ -118,8 +125,7 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
     try:
         with torch.no_grad():
             for m in linears:
-                # the dtype the matmul runs in: autocast's for fp32 weights, else the weight's
-                dtype = autocast if autocast is not None and m.weight.dtype == torch.float32 else m.weight.dtype
+                dtype = _compute_dtype(m.weight, autocast)
                 if dtype in dtypes:
                     bias = None if m.bias is None else m.bias.to(dtype)
                     m.packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.to(dtype), None), bias
@@ -129,11 +135,14 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
             m.packed = None
 
 
-def packable_dtypes() -> set[torch.dtype]:
-    """The dtypes oneDNN runs packed matmuls in on this CPU: none without oneDNN, bf16 only with CPU support."""
+@functools.cache
+def packable_dtypes() -> frozenset[torch.dtype]:
+    """The dtypes oneDNN runs packed matmuls in on this CPU: none without oneDNN, bf16 only with CPU support.
+    Asked once per process (`Linear` asks at every training call)."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
-        return set()
-    return {torch.float32, torch.bfloat16} if torch.ops.mkldnn._is_mkldnn_bf16_supported() else {torch.float32}
+        return frozenset()
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return frozenset({torch.float32, torch.bfloat16} if bf16 else {torch.float32})
 
 
 def output_layer(hidden_size: int, vocab_size: int, tied: nn.Embedding | None) -> nn.Module:
