@@ -184,6 +184,10 @@ class TranslationModule(L.LightningModule):
         scores = self.val_metrics.compute()
         self.val_metrics.reset()
         self.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=False)
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+        scheduler = self.lr_schedulers() if fitting else None
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(scores["bleu"])  # once per validation: see `lr_scheduler_step`
         self.translations["val"] = self._gather("val")
 
     def on_test_epoch_start(self) -> None:
@@ -250,6 +254,14 @@ class TranslationModule(L.LightningModule):
             optimizer, lambda step: min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Lightning steps an epoch-interval plateau scheduler at every epoch end with the last logged
+        val/bleu, stale when validation runs every N steps: with several epochs between validations the
+        learning rate was halved again and again on an old score (Multi30k: to ~3e-5 by step 2,000). The
+        plateau scheduler is stepped in `on_validation_epoch_end` instead, once per validation."""
+        if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step()
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

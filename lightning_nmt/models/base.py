@@ -148,11 +148,17 @@ def packable_dtypes() -> frozenset[torch.dtype]:
 def output_layer(hidden_size: int, vocab_size: int, tied: nn.Embedding | None) -> nn.Module:
     """The output layer: features (..., hidden_size) -> logits (..., vocab_size).
 
-    With `tied`, its weight is the embedding matrix; if the embedding size differs from
+    With `tied`, its weight is the embedding matrix, re-initialised N(0, 1/embedding_dim) so that the
+    initial logits have unit scale (with `nn.Embedding`'s N(0, 1) they had a standard deviation of
+    sqrt(embedding_dim), an initial loss far above ln V); if the embedding size differs from
     `hidden_size`, a bias-free linear layer first projects the features to the embedding size.
     """
     if tied is None:
         return Linear(hidden_size, vocab_size)
+    with torch.no_grad():
+        tied.weight.normal_(0.0, tied.embedding_dim**-0.5)
+        if tied.padding_idx is not None:
+            tied.weight[tied.padding_idx].zero_()
     out = Linear(tied.embedding_dim, vocab_size)
     out.weight = tied.weight
     if hidden_size == tied.embedding_dim:

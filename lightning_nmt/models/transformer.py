@@ -73,8 +73,8 @@ class DecoderLayer(nn.Module):
 class TransformerSeq2Seq(Seq2Seq):
     """Encoder (`nn.TransformerEncoder`, pre-norm) and decoder (`DecoderLayer`s) of `num_layers` each.
 
-    Embeddings are scaled by sqrt(d_model). Decoding recomputes the decoder over the whole prefix at
-    every step (the state is the prefix), batched over all rows.
+    Embeddings are initialised N(0, 1/d_model) and scaled by sqrt(d_model). Decoding recomputes the decoder
+    over the whole prefix at every step (the state is the prefix), batched over all rows.
     """
 
     def __init__(
@@ -105,6 +105,9 @@ class TransformerSeq2Seq(Seq2Seq):
         )
         self.decoder_norm = nn.LayerNorm(d_model)
         self.output = output_layer(d_model, tgt_vocab_size, self.tgt_embed if tie_embeddings else None)
+        for embedding in (self.src_embed, self.tgt_embed):  # N(0, d^-0.5), as Vaswani et al. and fairseq:
+            nn.init.normal_(embedding.weight, std=d_model**-0.5)  # x sqrt(d) on input gives unit scale, and
+            nn.init.zeros_(embedding.weight[PAD_ID])  # tied logits start near 0 (loss near ln V)
 
     def _embed(self, embedding: nn.Embedding, tokens: Tensor) -> Tensor:
         """tokens (B, T) -> scaled embeddings plus positions, with dropout (B, T, D)."""
