@@ -15,16 +15,19 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_nmt.callbacks import ExampleTranslations, RunSummary, TestOutputs
+from lightning_nmt.average import average_best, check_average_option
+from lightning_nmt.callbacks import ExampleTranslations, RunSummary, StepProgressBar, TestOutputs
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
-from lightning_nmt.errors import CheckpointError, UserError
+from lightning_nmt.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, WriteError, is_write_error
+from lightning_nmt.metrics import add_bleu_tok_lc
 from lightning_nmt.module import TranslationModule, read_checkpoint
 from lightning_nmt.perf import tune_memory
 from lightning_nmt.resume import (
@@ -57,6 +60,11 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         return fn(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # a write the user can fix (a full disk, a directory that cannot be written)
+        if not is_write_error(err):
+            raise
+        print(f"error: {WriteError(err.filename, err)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -177,7 +185,53 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_logger: bool) -> list
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience))
     if has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(StepProgressBar())
     return callbacks
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Logger], callbacks: list[L.Callback],
+                  checkpoint_io: AtomicCheckpointIO) -> L.Trainer:
+    """The Lightning Trainer of `cfg.trainer`; an accelerator, device count or strategy this machine cannot
+    run is a one-line `ConfigError` listing what is available."""
+    try:
+        return L.Trainer(
+            **to_dict(cfg.trainer), default_root_dir=str(output_dir), logger=loggers or False,
+            callbacks=callbacks, use_distributed_sampler=False, plugins=[checkpoint_io, *cluster_plugins()],
+        )
+    except MisconfigurationException as err:
+        raise ConfigError(f"trainer: {_one_line(str(err))} (trainer.accelerator={cfg.trainer.accelerator}, "
+                          f"trainer.devices={cfg.trainer.devices}; available here: {available_accelerators()})"
+                          ) from None
+
+
+def available_accelerators() -> str:
+    """The accelerators this machine has, e.g. `cpu` or `cpu, cuda (2 devices)`."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found.append(f"cuda ({torch.cuda.device_count()} devices)")
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return ", ".join(found)
+
+
+def inference_device(accelerator: str) -> torch.device:
+    """The device `lnmt-eval` / `lnmt-translate` run on: `cpu`, `gpu`/`cuda`, or `auto` (a GPU when there is
+    one); a GPU that is not there is a one-line `ConfigError`."""
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"accelerator={accelerator}, but this machine has no CUDA GPU; available here: "
+                              f"{available_accelerators()} (use accelerator=cpu)")
+        return torch.device("cuda")
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator != "cpu":
+        raise ConfigError(f"unknown accelerator {accelerator!r}; valid values: cpu, gpu, cuda, auto")
+    return torch.device("cpu")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def resume_checkpoint(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -216,7 +270,8 @@ def check_compatible(module: TranslationModule, ckpt_path: str) -> int:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, test the best checkpoint, write metrics.json; returns the metrics."""
+    """Train, test the best checkpoint (with `average_checkpoints=k`: the average of the best k), write
+    metrics.json; returns the metrics."""
     started = time.time()
     install_hydra_relaunch()
     output_dir = Path(cfg.paths.output_dir).resolve()
@@ -232,11 +287,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resume_step = check_compatible(module, ckpt_path) if ckpt_path else None
     loggers = build_logger(cfg, output_dir, resume_step)
     callbacks = build_callbacks(cfg, output_dir, has_logger=bool(loggers))
-    trainer = L.Trainer(
-        **to_dict(cfg.trainer), default_root_dir=str(output_dir), logger=loggers or False,
-        callbacks=callbacks, use_distributed_sampler=False,
-        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
-    )
+    check_average_option(cfg)
+    checkpoint_io = AtomicCheckpointIO(last=output_dir / "checkpoints" / LAST_CKPT)
+    trainer = build_trainer(cfg, output_dir, loggers, callbacks, checkpoint_io)
     batch = effective_batch(cfg, trainer.world_size)
     if trainer.is_global_zero:
         log.info("effective batch: %s; padded fraction of target positions: %.3f", batch,
@@ -249,6 +302,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         except Preempted as stop:
             log.warning("%s; continue with: resume=auto hydra.run.dir=%s", stop, output_dir)
             raise SystemExit(stop.exit_code) from None
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{err}. {checkpoint_io.intact()}; "
+                                   f"continue from it with a lower learning rate: lnmt-train resume=auto "
+                                   f"hydra.run.dir={output_dir} optim.lr={cfg.optim.lr / 10:g} [the same "
+                                   "overrides]") from None
         summary = next(cb for cb in callbacks if isinstance(cb, RunSummary))
         metrics: dict[str, Any] = {
             "val": {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
@@ -261,9 +319,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         checkpoint_cb = next(cb for cb in callbacks if isinstance(cb, ModelCheckpoint))
         best = checkpoint_cb.best_model_path or None
         metrics["best_checkpoint"] = best
+        metrics.update(average_best(trainer, checkpoint_cb, cfg.average_checkpoints))
         if cfg.test_after_training:
-            trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=trainer.is_global_zero)
+            trainer.test(module, datamodule=datamodule, ckpt_path=metrics.get("averaged_checkpoint", best),
+                         verbose=trainer.is_global_zero)
             metrics.update(_test_metrics(trainer.callback_metrics))
+            add_bleu_tok_lc(metrics, module, datamodule)
         metrics["wall_seconds"] = time.time() - started
         metrics["model"] = to_dict(cfg.model)["type"]
         metrics["effective_batch"] = batch
@@ -272,6 +333,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             log.info("run directory: %s", output_dir)
         return metrics
+    except OSError as err:  # a log, a plot... that could not be written (checkpoints raise WriteError)
+        if not is_write_error(err):
+            raise
+        raise WriteError(err.filename, err, checkpoint_io.intact()) from None
+    except WriteError as err:
+        if err.intact:
+            raise
+        raise err.with_intact(checkpoint_io.intact()) from None
     finally:
         _finish_loggers(loggers)
         end_job()

@@ -131,6 +131,7 @@ class OptimConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    max_nonfinite_steps: int = 5  # consecutive steps with a NaN/inf loss or gradient norm (skipped) before a stop
 
 
 @dataclass
@@ -240,6 +241,7 @@ class TrainConfig:
     resume: Resume = Resume.never
     ckpt_path: str | None = None
     test_after_training: bool = True
+    average_checkpoints: int = 0  # k > 0: after fit, average the best k checkpoints and test that model instead
 
 
 @dataclass

@@ -7,6 +7,7 @@ translator.
 
 from __future__ import annotations
 
+import logging
 import math
 import zipfile
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,9 +24,11 @@ from torchmetrics.text import CHRFScore, SacreBLEUScore
 
 from lightning_nmt.data.tokenizer import PAD_ID, Tokenizer
 from lightning_nmt.distributed import all_reduce_sum, world_size
-from lightning_nmt.errors import CheckpointError
+from lightning_nmt.errors import CheckpointError, TrainingDiverged
 from lightning_nmt.models import build_model
 from lightning_nmt.models.search import SearchResult, search
+
+log = logging.getLogger("lightning_nmt")
 
 
 class EvalMetrics(nn.Module):
@@ -95,6 +99,11 @@ class TranslationModule(L.LightningModule):
         self._eval_names: list[str] = []
         # split -> example id -> (source ids, output pieces, (T_out, S) attention weights)
         self._attention_store: dict[str, dict[int, tuple[list[int], list[str], torch.Tensor]]] = {}
+        self.nonfinite_steps = 0  # training steps skipped for a NaN/inf loss or gradient norm
+        self.nonfinite_streak = 0  # consecutive skipped steps; last.ckpt is not refreshed during a streak
+        self._first_bad_step = 0
+        self._loss_finite = True
+        self._checkpoint_lr: float | None = None  # optim.lr of the checkpoint a resumed run started from
 
     # ---- loss -------------------------------------------------------------------------------
     def token_loss(
@@ -122,10 +131,62 @@ class TranslationModule(L.LightningModule):
         """
         loss_sum, n_tokens = self.token_loss(batch, self.hparams.label_smoothing)
         totals = all_reduce_sum(torch.stack([loss_sum.detach(), n_tokens.to(loss_sum.dtype)]))
-        mean_loss = totals[0] / totals[1]
+        mean_loss = totals[0] / totals[1]  # the same on every rank: so is every decision on it
+        self._loss_finite = bool(torch.isfinite(mean_loss))
+        if not self._loss_finite and self.trainer.world_size == 1:
+            self._bad_step("loss")
+            return None  # no backward pass, no update; DDP needs its backward: `configure_gradient_clipping` skips
         self.train_loss.update(mean_loss)
         self.log("train/loss", mean_loss, prog_bar=True, batch_size=batch["src"].size(0))
+        if self.nonfinite_steps:
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
         return loss_sum * world_size() / totals[1]
+
+    # ---- non-finite guard ---------------------------------------------------------------------
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip as configured, then drop the update if the gradient norm is NaN/inf (`_bad_step`).
+
+        Under 16-mixed the GradScaler already skips such steps and lowers its scale, as Lightning users expect;
+        those are not counted. On one device or DDP the clipping norm is the one checked (one pass over the
+        gradients); other strategies clip their own way and the norm is computed apart.
+        """
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:  # training_step skipped this step
+            return
+        plain = isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and plain:
+            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            norm = torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params]).norm()
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        finite = scaled or bool(torch.isfinite(norm))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite and self._loss_finite:
+            self.nonfinite_streak = 0
+            return
+        optimizer.zero_grad(set_to_none=True)  # Adam skips parameters without a gradient: no update at all
+        self._bad_step("gradient norm" if self._loss_finite else "loss")
+
+    def _bad_step(self, what: str) -> None:
+        """Count a skipped step; after `optim.max_nonfinite_steps` in a row, stop with `TrainingDiverged`."""
+        self.nonfinite_streak += 1
+        self.nonfinite_steps += 1
+        self._first_bad_step = self.global_step + 1 if self.nonfinite_streak == 1 else self._first_bad_step
+        limit = self.hparams.optim.get("max_nonfinite_steps", 5)
+        if self.nonfinite_streak >= limit:
+            raise TrainingDiverged(
+                f"training diverged: the {what} was NaN/inf at {self.nonfinite_streak} consecutive steps, from step "
+                f"{self._first_bad_step} (optim.max_nonfinite_steps={limit}); none of them was applied"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            raise TrainingDiverged(f"training diverged: the weights at step {self.global_step} are NaN/inf; "
+                                   "no checkpoint was written")
+        checkpoint["tokenizer"] = self.tokenizer.to_state()
 
     # ---- evaluation -------------------------------------------------------------------------
     def translate(self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int | None = None,
@@ -264,11 +325,25 @@ class TranslationModule(L.LightningModule):
             scheduler.step()
 
     # ---- checkpoints ----------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["tokenizer"] = self.tokenizer.to_state()
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokenizer = Tokenizer.from_state(checkpoint["tokenizer"])
+        self._checkpoint_lr = checkpoint["hyper_parameters"]["optim"]["lr"]
+
+    def on_train_start(self) -> None:
+        """A run resumed with another `optim.lr` (e.g. lower, after a divergence) uses it: the restored
+        optimizer and scheduler learning rates are scaled by new / old."""
+        old, new = self._checkpoint_lr, self.hparams.optim["lr"]
+        if old is None or old == new:
+            return
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] *= new / old
+                if "initial_lr" in group:
+                    group["initial_lr"] *= new / old
+        for config in self.trainer.lr_scheduler_configs:
+            if hasattr(config.scheduler, "base_lrs"):
+                config.scheduler.base_lrs = [lr * new / old for lr in config.scheduler.base_lrs]
+        log.warning("optim.lr is %g, the checkpoint's was %g: learning rates scaled by %g", new, old, new / old)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TranslationModule:

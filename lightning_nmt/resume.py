@@ -25,6 +25,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_nmt.data.atomic import atomic_path
+from lightning_nmt.errors import WriteError
 
 log = logging.getLogger("lightning_nmt")
 
@@ -38,19 +39,67 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     system temp dir and `shutil.move`, a copy without fsync when /tmp is another filesystem).
     Loads with `weights_only=True` unless asked otherwise, so a checkpoint cannot run code."""
 
+    def __init__(self, last: Path | None = None) -> None:
+        super().__init__()
+        self.last = last  # the run's last.ckpt, which may predate this process (a resumed run)
+        self.saved: dict[Path, int] = {}  # checkpoint written by this process -> its global step
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
+        """Write atomically. A failed write the user can fix (a full disk, a directory that cannot be written)
+        is a `WriteError` naming the file and the complete checkpoint that is intact."""
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+        path = Path(path)
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                writer = _WriteRecorder(f)
+                try:
+                    torch.save(checkpoint, writer)
+                except RuntimeError:  # torch reports a failed write as "[enforce fail ...] unexpected pos"
+                    if writer.error is None:
+                        raise
+                    raise writer.error from None
+                f.flush()
+                os.fsync(f.fileno())
+        except WriteError as err:
+            raise err.with_intact(self.intact(path)) from None
+        self.saved[path] = int(checkpoint.get("global_step", 0))
+
+    def intact(self, failed: Path | None = None) -> str:
+        """Which complete checkpoint is left after a failed write (of checkpoint `failed`, or of another file)."""
+        if failed is not None and failed.is_file():
+            step = self.saved.get(failed)
+            return f"the previous {failed.name} is intact" + (f" (step {step})" if step is not None else "")
+        for path, step in sorted(self.saved.items(), key=lambda item: -item[1]):
+            if path.is_file():
+                return f"the last complete checkpoint is {path} (step {step})"
+        if self.last is not None and self.last.is_file():
+            return f"the last complete checkpoint is {self.last}"
+        return "no checkpoint of this run was written"
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
         return super().load_checkpoint(path, map_location=map_location,
                                        weights_only=True if weights_only is None else weights_only)
+
+
+class _WriteRecorder:
+    """A file object for `torch.save` that keeps the OSError of a failed write (torch replaces it with a
+    RuntimeError that does not say why)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def rng_state() -> dict[str, Any]:
@@ -146,6 +195,10 @@ class LastCheckpoint(L.Callback):
         self._saved_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
+        if getattr(trainer.lightning_module, "nonfinite_streak", 0):
+            log.warning("step %d: not refreshing %s while training steps are NaN/inf", trainer.global_step,
+                        self.path.name)
+            return
         trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
         self._saved_step = trainer.global_step
 
