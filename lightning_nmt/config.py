@@ -153,6 +153,7 @@ class DecodingConfig:
     max_len_offset: int = 5
     min_len_ratio: float = 0.0  # EOS not before ceil(src_len * min_len_ratio) output tokens (capped at the maximum)
     beam_stop: BeamStop = BeamStop.k_finished
+    max_input_len: int | None = None  # longer sources are translated in segments; None: the training data.max_len
 
 
 @dataclass
@@ -252,6 +253,7 @@ class EvalConfig:
     batch_max_tokens: int = 8192
     output: str | None = None  # JSON file; default: <hydra run dir>/eval.json
     length_buckets: int = 3  # also report BLEU of the shortest ... longest third of the sources
+    max_input_len: int | None = None  # None: the checkpoint's decoding.max_input_len or training data.max_len
     accelerator: str = "cpu"
     paths: PathsConfig = field(default_factory=PathsConfig)
     task_name: str = "eval"
@@ -266,6 +268,9 @@ class TranslateConfig:
     nbest: int = 1
     attention_dir: str | None = None
     batch_max_tokens: int = 8192
+    chunk_lines: int = 1000  # the input is read and translated this many lines at a time ...
+    chunk_tokens: int = 50000  # ... or this many words, whichever comes first (or when the input pauses)
+    max_input_len: int | None = None  # None: the checkpoint's decoding.max_input_len or training data.max_len
     accelerator: str = "cpu"
 
 

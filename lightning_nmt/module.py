@@ -25,7 +25,7 @@ from torchmetrics.text import CHRFScore, SacreBLEUScore
 from lightning_nmt.data.tokenizer import PAD_ID, Tokenizer
 from lightning_nmt.distributed import all_reduce_sum, world_size
 from lightning_nmt.errors import CheckpointError, TrainingDiverged
-from lightning_nmt.models import build_model
+from lightning_nmt.models import build_model, segments
 from lightning_nmt.models.search import SearchResult, search
 
 log = logging.getLogger("lightning_nmt")
@@ -104,6 +104,8 @@ class TranslationModule(L.LightningModule):
         self._first_bad_step = 0
         self._loss_finite = True
         self._checkpoint_lr: float | None = None  # optim.lr of the checkpoint a resumed run started from
+        self._boundary_ids: frozenset[int] | None = None  # source pieces a long input may be cut after
+        self._warned_long: set[tuple[str, int]] = set()  # (split, example id) named in a warning already
 
     # ---- loss -------------------------------------------------------------------------------
     def token_loss(
@@ -191,19 +193,43 @@ class TranslationModule(L.LightningModule):
     # ---- evaluation -------------------------------------------------------------------------
     def translate(self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int | None = None,
                   nbest: int = 1) -> SearchResult:
-        """Search with the configured decoding settings; `beam_size=1` is greedy."""
+        """Search with the configured decoding settings; `beam_size=1` is greedy. A source longer than
+        `max_input_len` pieces is translated in segments (`lightning_nmt.models.segments`)."""
         dec = self.hparams.decoding
-        return search(
-            self.model, src, src_lengths,
-            beam_size=beam_size or dec["beam_size"], nbest=nbest,
-            length_penalty=dec["length_penalty"], max_len_ratio=dec["max_len_ratio"],
-            max_len_offset=dec["max_len_offset"], min_len_ratio=dec.get("min_len_ratio", 0.0),
-            beam_stop=dec.get("beam_stop", "k_finished"),
-        )
+
+        def run(rows: torch.Tensor, lengths: torch.Tensor) -> SearchResult:
+            return search(
+                self.model, rows, lengths,
+                beam_size=beam_size or dec["beam_size"], nbest=nbest,
+                length_penalty=dec["length_penalty"], max_len_ratio=dec["max_len_ratio"],
+                max_len_offset=dec["max_len_offset"], min_len_ratio=dec.get("min_len_ratio", 0.0),
+                beam_stop=dec.get("beam_stop", "k_finished"),
+            )
+
+        return segments.bounded(run, src, src_lengths, self.max_input_len, self._boundaries())
+
+    @property
+    def max_input_len(self) -> int | None:
+        """Longest source (pieces, EOS included) translated in one piece: `decoding.max_input_len`, else the
+        training `data.max_len` stored in the checkpoint; None: no bound."""
+        data = self.hparams.data or {}
+        return self.hparams.decoding.get("max_input_len") or data.get("max_len")
+
+    def _boundaries(self) -> frozenset[int]:
+        if self._boundary_ids is None:
+            self._boundary_ids = segments.boundary_ids(
+                self.tokenizer.src_pieces_from_ids(range(self.tokenizer.src_vocab_size)))
+        return self._boundary_ids
 
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: EvalMetrics, split: str,
                    beam_size: int) -> None:
-        nll, n_tokens = self.token_loss(batch)
+        within = self._within_input_limit(batch, split)
+        if within is None:
+            nll, n_tokens = self.token_loss(batch)
+        elif bool(within.any()):
+            nll, n_tokens = self.token_loss(_trim({k: v[within] for k, v in batch.items()}))
+        else:
+            nll, n_tokens = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device)
         metrics.nll.update(nll)
         metrics.tokens.update(n_tokens)
         result = self.translate(batch["src"], batch["src_lengths"], beam_size=beam_size)
@@ -214,6 +240,21 @@ class TranslationModule(L.LightningModule):
         metrics.chrf.update(hyps, [[ref] for ref in refs])
         self._pending.setdefault(split, []).extend(zip(ids, hyps, strict=False))
         self._keep_attention(split, ids, batch, result)
+
+    def _within_input_limit(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor | None:
+        """None when every source fits `max_input_len`; else the mask of those that do (the loss is computed on
+        them only: a teacher-forced pass over an unbounded pair is unbounded too), after a warning naming the
+        others (once each; they are translated in segments)."""
+        limit = self.max_input_len
+        if limit is None or int(batch["src_lengths"].max()) <= limit:
+            return None
+        within = batch["src_lengths"] <= limit
+        lines = [i + 1 for i in batch["ids"][~within].tolist() if (split, i) not in self._warned_long]
+        if lines:
+            self._warned_long.update((split, i - 1) for i in lines)
+            log.warning("%s: sentence(s) %s longer than max_input_len=%d pieces: translated in segments, left "
+                        "out of the loss", split, lines, limit)
+        return within
 
     def _references(self, split: str, ids: list[int], batch: dict[str, torch.Tensor]) -> list[str]:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -353,6 +394,14 @@ class TranslationModule(L.LightningModule):
         module.load_state_dict(checkpoint["state_dict"])
         module.on_load_checkpoint(checkpoint)
         return module.eval()
+
+
+def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch whose longest rows were taken out, cut to the width of the longest left (padding removed)."""
+    src_width = int(batch["src_lengths"].max())
+    tgt_width = int(batch["tgt_out"].ne(PAD_ID).sum(1).max())
+    return {**batch, "src": batch["src"][:, :src_width], "tgt_in": batch["tgt_in"][:, :tgt_width],
+            "tgt_out": batch["tgt_out"][:, :tgt_width]}
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
