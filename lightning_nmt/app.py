@@ -59,13 +59,18 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return fn(cfg)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(err)
     except OSError as err:  # a write the user can fix (a full disk, a directory that cannot be written)
         if not is_write_error(err):
             raise
-        print(f"error: {WriteError(err.filename, err)}", file=sys.stderr)
-        sys.exit(2)
+        _fail(WriteError(err.filename, err))
+
+
+def _fail(err: UserError) -> None:
+    """Exit with status 2 after one line on stderr (from global rank 0 only: DDP ranks stop together)."""
+    if rank_zero_only.rank == 0:
+        print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
 
 def hydra_runtime() -> dict[str, Any]:

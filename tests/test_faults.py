@@ -7,6 +7,9 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from lightning_nmt.app import inference_device, run_cli, train
 from lightning_nmt.callbacks import StepProgressBar
 from lightning_nmt.errors import ConfigError, TrainingDiverged, WriteError
 from lightning_nmt.module import TranslationModule, read_checkpoint
-from tests.conftest import compose_config
+from tests.conftest import ROOT, compose_config
 
 TINY = [
     "data.sample_sizes={train:600,val:20,test:20}", "data.tokenizer.vocab_size=300", "data.max_tokens=1024",
@@ -114,6 +117,24 @@ def test_divergence_through_the_cli_is_one_line_and_exit_2(tmp_path, cache, caps
     assert exit_info.value.code == 2
     err = one_line_error(capsys)
     assert "training diverged: the loss was NaN/inf at 5 consecutive steps" in err
+
+
+def test_bf16_mixed_divergence_stops_the_same_way(tmp_path, cache):
+    with pytest.raises(TrainingDiverged, match="5 consecutive steps"):
+        train(config(tmp_path, cache, "optim.lr=1e36", "trainer.precision=bf16-mixed"))
+
+
+@pytest.mark.slow
+def test_ddp_ranks_decide_together_and_stop_without_a_hang(tmp_path, cache):
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_nmt.train", *TINY, "trainer=ddp_cpu", "trainer.max_steps=12",
+         "trainer.val_check_interval=4", "optim.lr=1e36", f"hydra.run.dir={tmp_path}/run",
+         f"paths.cache_dir={cache}"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "training diverged: the loss was NaN/inf at 5 consecutive steps" in errors[0]
 
 
 def test_checkpoint_with_nonfinite_weights_is_never_written(tmp_path, cache):
