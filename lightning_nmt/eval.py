@@ -8,13 +8,13 @@ from typing import Any
 
 import hydra
 import lightning as L
-import sacrebleu
 from omegaconf import DictConfig
 
 from lightning_nmt.app import run_cli, to_dict
 from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.metrics import bleu, bleu_tok_lc, chrf
 from lightning_nmt.module import TranslationModule
 
 register_configs()
@@ -23,8 +23,9 @@ register_configs()
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint on every test set of `data` (default: the corpus it was trained on).
 
-    Returns {test set: {bleu, signature, chrf, loss, ppl, sentences}}; BLEU and chrF are sacreBLEU's
-    corpus scores (the torchmetrics values logged during training agree with them).
+    Returns {test set: {bleu, signature, bleu_tok_lc, signature_tok_lc, chrf, loss, ppl, sentences, ...}}:
+    `bleu` and `chrf` are sacreBLEU's corpus scores (the torchmetrics values logged during training agree with
+    them), `bleu_tok_lc` the lowercased Moses-tokenised BLEU of published Multi30k results (`metrics.py`).
     """
     module = TranslationModule.load(cfg.ckpt_path)
     if cfg.beam_size is not None:
@@ -41,16 +42,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for name in datamodule.test_names:
         prefix = "test" if name == "test" else f"test_{name}"
         hyps, refs = module.translations[name].hypotheses, datamodule.references(name)
-        bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+        cased, tok_lc = bleu(hyps, refs), bleu_tok_lc(hyps, refs, datamodule.tgt_lang)
         results[name] = {
-            "bleu": bleu.corpus_score(hyps, [refs]).score,
-            "signature": str(bleu.get_signature()),
-            "chrf": chrf.corpus_score(hyps, [refs]).score,
+            "bleu": cased.score,
+            "signature": cased.signature,
+            "bleu_tok_lc": tok_lc.score,
+            "signature_tok_lc": tok_lc.signature,
+            "chrf": chrf(hyps, refs).score,
             "loss": float(trainer.callback_metrics[f"{prefix}/loss"]),
             "ppl": float(trainer.callback_metrics[f"{prefix}/ppl"]),
             "sentences": len(hyps),
             "beam_size": module.hparams.decoding["beam_size"],
-            "by_source_length": bleu_by_length(datamodule.sources(name), hyps, refs, cfg.length_buckets),
+            "by_source_length": bleu_by_length(datamodule.sources(name), hyps, refs, cfg.length_buckets,
+                                               datamodule.tgt_lang),
         }
     output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "eval.json"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -60,9 +64,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def bleu_by_length(sources: list[str], hyps: list[str], refs: list[str], buckets: int) -> list[dict[str, Any]]:
-    """Corpus BLEU of `buckets` equal-sized groups of sentences, from the shortest sources to the longest
-    (source length in words); shows whether a model forgets long sentences."""
+def bleu_by_length(sources: list[str], hyps: list[str], refs: list[str], buckets: int,
+                   tgt_lang: str) -> list[dict[str, Any]]:
+    """Corpus BLEU (`bleu`, and `bleu_tok_lc` for target language `tgt_lang`) of `buckets` equal-sized groups
+    of sentences, from the shortest sources to the longest (source length in words); shows whether a model
+    forgets long sentences."""
     order = sorted(range(len(sources)), key=lambda i: len(sources[i].split()))
     groups = [order[k * len(order) // buckets:(k + 1) * len(order) // buckets] for k in range(buckets)]
     out = []
@@ -70,9 +76,10 @@ def bleu_by_length(sources: list[str], hyps: list[str], refs: list[str], buckets
         if not group:
             continue
         lengths = [len(sources[i].split()) for i in group]
-        score = sacrebleu.metrics.BLEU().corpus_score([hyps[i] for i in group], [[refs[i] for i in group]])
+        group_hyps, group_refs = [hyps[i] for i in group], [refs[i] for i in group]
         out.append({"min_words": min(lengths), "max_words": max(lengths), "sentences": len(group),
-                    "bleu": score.score})
+                    "bleu": bleu(group_hyps, group_refs).score,
+                    "bleu_tok_lc": bleu_tok_lc(group_hyps, group_refs, tgt_lang).score})
     return out
 
 

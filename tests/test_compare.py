@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nmt.compare import main
+from lightning_nmt.compare import legend_labels, load_runs, main
 
 
 def make_run(path: Path, overrides: list[str], metrics: dict | None) -> Path:
@@ -81,3 +81,84 @@ def test_directory_without_runs_is_a_one_line_error(tmp_path: Path, make, capsys
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(target) in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def legends(monkeypatch) -> list[list[str]]:
+    """The legend texts of every figure saved during the test, read from the matplotlib figures."""
+    from matplotlib.figure import Figure
+
+    saved: list[list[str]] = []
+    savefig = Figure.savefig
+
+    def spy(fig: Figure, *args, **kwargs) -> None:
+        legend = fig.axes[0].get_legend()
+        saved.append([text.get_text() for text in legend.get_texts()] if legend else [])
+        savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return saved
+
+
+def test_val_bleu_lines_are_labelled_by_differing_overrides(sweep: Path, legends: list[list[str]]) -> None:
+    main([str(sweep)])
+    # only the trained runs have curves; trainer.max_steps is the same everywhere, so it is not in the labels
+    assert legends == [["model=basic, model.attention=dot", "model=attention, model.attention=dot"]]
+
+
+def test_legend_labels_name_variants_and_tell_equal_runs_apart(tmp_path: Path) -> None:
+    root = tmp_path / "sweep"
+    for job, variant in enumerate(["basic", "attention_concat", "attention_concat"]):
+        make_run(root / str(job), [f"+variant={variant}", "trainer.max_steps=1500"], trained([1, 2], 3))
+    alone = make_run(tmp_path / "defaults", ["trainer.max_steps=1500"], trained([1], 2))
+    runs = load_runs([root, alone])
+    assert legend_labels(runs) == ["variant=basic", "variant=attention_concat (sweep/1)",
+                                   "variant=attention_concat (sweep/2)", "defaults"]
+
+
+def write_eval(path: Path, ckpt: Path, bleus: list[float], beam_size: int = 5,
+               buckets: tuple[tuple[int, int], ...] = ((1, 5), (6, 10), (11, 30))) -> Path:
+    """An lnmt-eval output whose test set has `bleus` (and bleu_tok_lc = bleu + 1) by source length."""
+    groups = [{"min_words": lo, "max_words": hi, "sentences": 10, "bleu": b, "bleu_tok_lc": b + 1}
+              for (lo, hi), b in zip(buckets, bleus, strict=True)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"ckpt_path": str(ckpt), "results": {
+        "test": {"bleu": 20.0, "beam_size": beam_size, "by_source_length": groups}}}))
+    return path
+
+
+def test_bleu_by_length_bars(tmp_path: Path, legends: list[list[str]], capsys) -> None:
+    root = tmp_path / "sweep"
+    for job, variant in enumerate(["basic", "attention_concat"]):
+        make_run(root / str(job), [f"+variant={variant}"], trained([1], 2))
+    files = [
+        write_eval(tmp_path / "e0.json", root / "0" / "checkpoints" / "best-step000800-bleu21.70.ckpt", [65, 25, 8]),
+        write_eval(tmp_path / "e1.json", root / "1" / "checkpoints" / "best-step000800-bleu96.20.ckpt", [98, 98, 94]),
+        write_eval(tmp_path / "e2.json", root / "1" / "checkpoints" / "averaged.ckpt", [99, 98, 95]),
+        write_eval(tmp_path / "e3.json", tmp_path / "gone" / "checkpoints" / "last.ckpt", [1, 2, 3], beam_size=1),
+    ]
+    main(["--by-length", *map(str, files), "--out", str(tmp_path / "report")])
+    assert (tmp_path / "report" / "bleu_by_length.png").read_bytes()[:4] == b"\x89PNG"
+    labels = ["variant=basic, beam_size=5", "variant=attention_concat, beam_size=5 (1/best-step000800-bleu96.20.ckpt)",
+              "variant=attention_concat, beam_size=5 (1/averaged.ckpt)", "beam_size=1"]
+    assert legends == [labels]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| eval | 1-5 words | 6-10 words | 11-30 words |"
+    assert lines[2] == "| variant=basic, beam_size=5 | 65.00 | 25.00 | 8.00 |"
+    assert lines[5] == "| beam_size=1 | 1.00 | 2.00 | 3.00 |"
+    main(["--by-length", str(files[0]), "--metric", "bleu_tok_lc"])  # default --out: the first file's directory
+    assert (tmp_path / "bleu_by_length.png").is_file() and "| 66.00 | 26.00 | 9.00 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("second, message", [
+    (lambda p: write_eval(p, p, [1, 2], buckets=((1, 7), (8, 30))), "length buckets"),
+    (lambda p: p.write_text("{}"), "is not an lnmt-eval output"),
+])
+def test_bleu_by_length_bad_input_is_one_line(tmp_path: Path, second, message: str, capsys) -> None:
+    first = write_eval(tmp_path / "a.json", tmp_path / "a.ckpt", [1, 2, 3])
+    second(tmp_path / "b.json")
+    with pytest.raises(SystemExit) as exc:
+        main(["--by-length", str(first), str(tmp_path / "b.json")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bleu_by_length.png").exists()

@@ -12,7 +12,10 @@ def test_bleu_by_length_groups_and_scores() -> None:
     refs = [f"the reference sentence number {i} is here ." for i in range(6)]
     hyps = list(refs)
     hyps[5] = "something else entirely"  # the longest source (11 words) is translated badly
-    groups = bleu_by_length(sources, hyps, refs, buckets=3)
+    hyps[0] = hyps[0].upper()  # the 9-word source: wrong case only, which the lowercased BLEU forgives
+    groups = bleu_by_length(sources, hyps, refs, buckets=3, tgt_lang="en")
     assert [(g["min_words"], g["max_words"], g["sentences"]) for g in groups] == [(1, 3, 2), (5, 7, 2), (9, 11, 2)]
     assert groups[0]["bleu"] == pytest.approx(100.0) and groups[1]["bleu"] == pytest.approx(100.0)
     assert groups[2]["bleu"] < 90.0
+    assert groups[2]["bleu_tok_lc"] > groups[2]["bleu"]  # the upper-cased sentence counts as correct
+    assert groups[2]["bleu_tok_lc"] < 90.0

@@ -1,0 +1,33 @@
+"""The literature metrics: lowercased Moses-tokenised BLEU against hand-checked n-gram counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lightning_nmt.metrics import bleu, bleu_tok_lc, chrf
+
+
+def test_tok_lc_ignores_case_and_tokenisation_that_cased_bleu_counts() -> None:
+    hyp, ref = ["Ein Hund läuft."], ["ein hund läuft ."]
+    assert bleu_tok_lc(hyp, ref, "de").score == pytest.approx(100.0)
+    assert bleu(hyp, ref).score < 100.0  # "Ein"/"ein" and "Hund"/"hund" differ when cased
+    assert chrf(hyp, ref).score < 100.0
+
+
+def test_tok_lc_matches_hand_counted_ngrams() -> None:
+    # Moses splits the reference's final period: "zwei hunde spielen im schnee ." (6 tokens, lowercased);
+    # hypothesis "zwei hunde spielen im park" (5 tokens). Clipped n-gram matches:
+    #   1-grams 4/5 (all but "park"), 2-grams 3/4, 3-grams 2/3, 4-grams 1/2 ("zwei hunde spielen im")
+    # geometric mean = (4/5 * 3/4 * 2/3 * 1/2) ** (1/4) = (1/5) ** (1/4)
+    # brevity penalty = exp(1 - ref_len / hyp_len) = exp(1 - 6/5) = exp(-0.2)
+    score = bleu_tok_lc(["zwei Hunde spielen im Park"], ["Zwei Hunde spielen im Schnee."], "de")
+    assert score.score == pytest.approx(100 * math.exp(-0.2) * 0.2 ** 0.25, abs=1e-6)  # 54.751825...
+    assert score.signature.startswith("nrefs:1|case:lc|eff:no|tok:none|") and score.signature.endswith("|moses:de")
+
+
+def test_cased_bleu_signature_is_sacrebleu_default() -> None:
+    score = bleu(["Two dogs play in the snow."], ["Two dogs play in the snow."])
+    assert score.score == pytest.approx(100.0)
+    assert score.signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|")
