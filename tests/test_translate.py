@@ -43,12 +43,12 @@ def cli(args: list[str], stdin: str | None = None) -> subprocess.CompletedProces
 
 # ---- segments --------------------------------------------------------------------------------------------
 
-def test_cut_points_prefer_sentence_ends_within_the_limit():
+def test_cut_points_are_sentence_ends_and_the_limit_inside_a_too_long_sentence():
     dot = 9
     ids = [1, 2, dot, 3, 4, 5, dot, 6, 7, 8, 1, 2, 3, 4]
     assert cut_points(ids, 5, frozenset({dot})) == [3, 7, 12, 14]  # after each '.', then at the limit
-    assert cut_points(ids, 100, frozenset({dot})) == [14]
-    assert cut_points(ids[:4], 5, frozenset()) == [4]
+    assert cut_points(ids, 100, frozenset({dot})) == [3, 7, 14]
+    assert cut_points(ids, 4, frozenset()) == [4, 8, 12, 14]
 
 
 def test_long_rows_are_searched_in_segments_and_joined_in_order():

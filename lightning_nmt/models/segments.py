@@ -1,6 +1,6 @@
-"""Bounded inputs at inference: a source longer than `max_input_len` pieces is cut into segments that fit, at
-sentence punctuation where possible, else at the limit; the segments are translated like any sentence and
-their translations joined back into one. Time and memory then grow linearly with the input's length (one
+"""Bounded inputs at inference: a source longer than `max_input_len` pieces is cut into its sentences (at
+sentence punctuation), and a sentence still too long at the limit; the segments are translated like any
+sentence and their translations joined back into one. Time and memory then grow linearly with the input's length (one
 segment's search is bounded), instead of the quadratic growth, and beyond, of one search over everything.
 """
 
@@ -23,16 +23,18 @@ def boundary_ids(pieces: Sequence[str]) -> frozenset[int]:
 
 
 def cut_points(ids: Sequence[int], limit: int, boundaries: frozenset[int]) -> list[int]:
-    """Where to cut `ids` into segments of at most `limit` ids: the end index of each segment.
-
-    Each segment ends after the last boundary piece that keeps it within `limit`, or at the limit when
-    there is none."""
+    """Where to cut `ids` into segments: the end index of each. One segment per sentence (ending after a
+    boundary piece), as the model was trained on sentences; a sentence longer than `limit` is cut every
+    `limit` ids."""
     ends, start = [], 0
-    while len(ids) - start > limit:
-        end = next((i + 1 for i in range(start + limit - 1, start, -1) if ids[i] in boundaries), start + limit)
-        ends.append(end)
-        start = end
-    return [*ends, len(ids)]
+    for i, token in enumerate(ids):
+        if token in boundaries or i + 1 == len(ids):
+            while i + 1 - start > limit:
+                start += limit
+                ends.append(start)
+            ends.append(i + 1)
+            start = i + 1
+    return ends
 
 
 def split_rows(src: Tensor, src_lengths: Tensor, max_input_len: int,
@@ -43,7 +45,8 @@ def split_rows(src: Tensor, src_lengths: Tensor, max_input_len: int,
     owners: list[list[tuple[int, int]]] = []
     for row, length in zip(src.tolist(), src_lengths.tolist(), strict=True):
         ids, start, own = row[: length - 1], 0, []  # without EOS
-        for end in cut_points(ids, max(1, max_input_len - 1), boundaries):
+        ends = cut_points(ids, max(1, max_input_len - 1), boundaries) if length > max_input_len else [len(ids)]
+        for end in ends:
             own.append((len(rows), start))
             rows.append([*ids[start:end], EOS_ID])
             start = end
