@@ -10,7 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from lightning_nmt.app import run_cli, to_dict
+from lightning_nmt.app import inference_device, run_cli, to_dict
 from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
@@ -27,15 +27,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     `bleu` and `chrf` are sacreBLEU's corpus scores (the torchmetrics values logged during training agree with
     them), `bleu_tok_lc` the lowercased Moses-tokenised BLEU of published Multi30k results (`metrics.py`).
     """
+    device = inference_device(cfg.accelerator)
     module = TranslationModule.load(cfg.ckpt_path)
     if cfg.beam_size is not None:
         module.hparams.decoding["beam_size"] = cfg.beam_size
+    if cfg.max_input_len is not None:
+        module.hparams.decoding["max_input_len"] = cfg.max_input_len
     data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(module.hparams.data)
     data_cfg["eval_max_tokens"] = cfg.batch_max_tokens
     datamodule = ParallelDataModule(**data_cfg)
     datamodule.prepare_data()
     datamodule.setup_eval(module.tokenizer)
-    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(accelerator=device.type.replace("cuda", "gpu"), devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results: dict[str, Any] = {}

@@ -19,7 +19,9 @@ from lightning_nmt import app, resume
 from lightning_nmt.app import inference_device, run_cli, train
 from lightning_nmt.callbacks import StepProgressBar
 from lightning_nmt.errors import ConfigError, TrainingDiverged, WriteError
+from lightning_nmt.eval import evaluate
 from lightning_nmt.module import TranslationModule, read_checkpoint
+from lightning_nmt.translate import translate
 from tests.conftest import ROOT, compose_config
 
 TINY = [
@@ -220,6 +222,10 @@ def test_gpu_trainer_without_a_gpu_is_one_line_listing_what_is_available(tmp_pat
     with pytest.raises(ConfigError, match="no CUDA GPU; available here: cpu"):
         inference_device("gpu")
     assert inference_device("auto") == torch.device("cpu")
+    for name, entry in (("eval", evaluate), ("translate", translate)):
+        with pytest.raises(SystemExit):
+            run_cli(entry, compose_config(name, [f"ckpt_path={tmp_path}/x.ckpt", "accelerator=gpu"], tmp_path))
+        assert "accelerator=gpu, but this machine has no CUDA GPU; available here: cpu" in one_line_error(capsys)
 
 
 def test_progress_bar_counts_steps_when_only_max_steps_is_set(tmp_path, cache, monkeypatch):
