@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
 from lightning_nmt.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, WriteError, is_write_error
 from lightning_nmt.metrics import add_bleu_tok_lc
+from lightning_nmt.models import model_keys
+from lightning_nmt.models.search import DecodingConfig
 from lightning_nmt.module import TranslationModule, read_checkpoint
 from lightning_nmt.perf import tune_memory
 from lightning_nmt.resume import (
@@ -235,6 +238,12 @@ def inference_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
+def decoding_overrides(decoding: DecodingConfig, cfg: DictConfig) -> DecodingConfig:
+    """A checkpoint's decoding settings with those `lnmt-eval` / `lnmt-translate` were given (not None)."""
+    given = {key: cfg[key] for key in ("beam_size", "length_penalty", "max_input_len") if cfg.get(key) is not None}
+    return replace(decoding, **given)
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -266,9 +275,9 @@ def check_compatible(module: TranslationModule, ckpt_path: str) -> int:
     for key in ("src_vocab_size", "tgt_vocab_size"):
         if saved.get(key) != wanted.get(key):
             diffs.append(f"{key}: checkpoint {saved.get(key)} vs config {wanted.get(key)}")
-    for key, value in wanted["model"].items():
-        if saved["model"].get(key) != value:
-            diffs.append(f"model.{key}: checkpoint {saved['model'].get(key)!r} vs config {value!r}")
+    for key in ["type", *model_keys(wanted["model"]["type"])]:  # the keys the model type reads
+        if saved["model"].get(key) != wanted["model"][key]:
+            diffs.append(f"model.{key}: checkpoint {saved['model'].get(key)!r} vs config {wanted['model'][key]!r}")
     if diffs:
         raise CheckpointError(f"{ckpt_path} was trained with a different configuration: " + "; ".join(diffs))
     return int(checkpoint.get("global_step", 0))

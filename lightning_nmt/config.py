@@ -7,33 +7,19 @@ file), a wrong type or an unknown enum value is a clear error before anything ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from lightning_nmt.models import MODEL_TYPES
+from lightning_nmt.models.search import DecodingConfig
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 """The `conf/` directory of the source tree (an absolute path, so console scripts find it)."""
-
-
-class ModelType(str, Enum):
-    basic = "basic"
-    attention = "attention"
-    transformer = "transformer"
-
-
-class AttentionScore(str, Enum):
-    dot = "dot"
-    general = "general"
-    concat = "concat"
-    scaled_dot = "scaled_dot"
-
-
-class RNNType(str, Enum):
-    gru = "gru"
-    lstm = "lstm"
 
 
 class Corpus(str, Enum):
@@ -64,11 +50,6 @@ class SchedulerName(str, Enum):
     none = "none"
     plateau = "plateau"
     inverse_sqrt = "inverse_sqrt"
-
-
-class BeamStop(str, Enum):
-    k_finished = "k_finished"  # a sentence is done when beam_size hypotheses have ended (fairseq)
-    best_finished = "best_finished"  # ... when its best candidate of a step ends (OpenNMT-py): fewer steps
 
 
 class Resume(str, Enum):
@@ -105,24 +86,22 @@ class DataConfig:
     num_workers: int = 0
 
 
-@dataclass
-class ModelConfig:
-    type: ModelType = ModelType.attention
-    attention: AttentionScore = AttentionScore.general
-    rnn_type: RNNType = RNNType.gru
-    embedding_dim: int = 256
-    encoder_hidden: int = 256
-    bidirectional: bool = True
-    encoder_layers: int = 1
-    decoder_hidden: int = 512
-    decoder_layers: int = 1
-    dropout: float = 0.2
-    input_feeding: bool = False
-    tie_embeddings: bool = False
-    d_model: int = 256
-    nhead: int = 4
-    ffn_dim: int = 1024
-    transformer_layers: int = 3
+ModelType = Enum("ModelType", {name: name for name in MODEL_TYPES}, type=str)
+"""`model.type` values: the registered model types (`lightning_nmt.models.MODEL_TYPES`)."""
+
+
+def _model_config() -> type:
+    """The `model:` schema: `type` and every key some model type reads (`ModelOptions` fields), each optional, so
+    that a sweep may cross `model=basic,attention` with `model.attention=...` (a key the chosen type does not read
+    is ignored, and `lightning_nmt.sweeps` knows it). Values live in conf/model/<type>.yaml."""
+    fields: dict[str, Any] = {}
+    for options in MODEL_TYPES.values():
+        fields.update(get_type_hints(options))
+    return make_dataclass("ModelConfig", [("type", ModelType, MISSING),
+                                          *((name, Optional[kind], None) for name, kind in fields.items())])  # noqa: UP045 (OmegaConf reads Optional)
+
+
+ModelConfig = _model_config()
 
 
 @dataclass
@@ -141,19 +120,6 @@ class SchedulerConfig:
     factor: float = 0.5  # plateau: multiply lr by this when val BLEU stalls
     patience: int = 2  # plateau: validations without improvement before reducing
     min_lr: float = 1e-6
-
-
-@dataclass
-class DecodingConfig:
-    beam_size: int = 5  # test / eval / translate
-    val_beam_size: int = 1  # validation during training (greedy is fast)
-    nbest: int = 1
-    length_penalty: float = 1.0
-    max_len_ratio: float = 1.5
-    max_len_offset: int = 5
-    min_len_ratio: float = 0.0  # EOS not before ceil(src_len * min_len_ratio) output tokens (capped at the maximum)
-    beam_stop: BeamStop = BeamStop.k_finished
-    max_input_len: int | None = None  # longer sources are translated in segments; None: the training data.max_len
 
 
 @dataclass
@@ -252,6 +218,7 @@ class EvalConfig:
     beam_size: int | None = None  # None: the checkpoint's decoding.beam_size
     batch_max_tokens: int = 8192
     output: str | None = None  # JSON file; default: <hydra run dir>/eval.json
+    length_penalty: float | None = None  # None: the checkpoint's decoding.length_penalty
     length_buckets: int = 3  # also report BLEU of the shortest ... longest third of the sources
     max_input_len: int | None = None  # None: the checkpoint's decoding.max_input_len or training data.max_len
     accelerator: str = "cpu"
@@ -265,6 +232,7 @@ class TranslateConfig:
     input: str = "-"
     output: str = "-"
     beam_size: int | None = None
+    length_penalty: float | None = None
     nbest: int = 1
     attention_dir: str | None = None
     batch_max_tokens: int = 8192

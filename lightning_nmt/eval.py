@@ -10,7 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from lightning_nmt.app import inference_device, run_cli, to_dict
+from lightning_nmt.app import decoding_overrides, inference_device, run_cli, to_dict
 from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
@@ -29,17 +29,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     device = inference_device(cfg.accelerator)
     module = TranslationModule.load(cfg.ckpt_path)
-    if cfg.beam_size is not None:
-        module.hparams.decoding["beam_size"] = cfg.beam_size
-    if cfg.max_input_len is not None:
-        module.hparams.decoding["max_input_len"] = cfg.max_input_len
+    module.decoding = decoding_overrides(module.decoding, cfg)
     data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(module.hparams.data)
     data_cfg["eval_max_tokens"] = cfg.batch_max_tokens
     datamodule = ParallelDataModule(**data_cfg)
     datamodule.prepare_data()
     datamodule.setup_eval(module.tokenizer)
-    trainer = L.Trainer(accelerator=device.type.replace("cuda", "gpu"), devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator=device.type.replace("cuda", "gpu"), devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results: dict[str, Any] = {}
     for name in datamodule.test_names:
@@ -55,7 +52,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "loss": float(trainer.callback_metrics[f"{prefix}/loss"]),
             "ppl": float(trainer.callback_metrics[f"{prefix}/ppl"]),
             "sentences": len(hyps),
-            "beam_size": module.hparams.decoding["beam_size"],
+            "beam_size": module.decoding.beam_size,
+            "length_penalty": module.decoding.length_penalty,
             "by_source_length": bleu_by_length(datamodule.sources(name), hyps, refs, cfg.length_buckets,
                                                datamodule.tgt_lang),
         }

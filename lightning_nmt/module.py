@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.text import CHRFScore, SacreBLEUScore
@@ -26,7 +26,7 @@ from lightning_nmt.data.tokenizer import PAD_ID, Tokenizer
 from lightning_nmt.distributed import all_reduce_sum, world_size
 from lightning_nmt.errors import CheckpointError, TrainingDiverged
 from lightning_nmt.models import build_model, segments
-from lightning_nmt.models.search import SearchResult, search
+from lightning_nmt.models.search import DecodingConfig, SearchResult, search
 
 log = logging.getLogger("lightning_nmt")
 
@@ -90,6 +90,7 @@ class TranslationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
         self.model = build_model(model, src_vocab_size, tgt_vocab_size)
+        self.decoding = DecodingConfig.from_dict(decoding)  # eval and translate may replace fields
         self.tokenizer = tokenizer
         self.val_metrics = EvalMetrics()
         self.test_metrics = nn.ModuleList()
@@ -195,16 +196,10 @@ class TranslationModule(L.LightningModule):
                   nbest: int = 1) -> SearchResult:
         """Search with the configured decoding settings; `beam_size=1` is greedy. A source longer than
         `max_input_len` pieces is translated in segments (`lightning_nmt.models.segments`)."""
-        dec = self.hparams.decoding
+        decoding = self.decoding if beam_size is None else replace(self.decoding, beam_size=beam_size)
 
         def run(rows: torch.Tensor, lengths: torch.Tensor) -> SearchResult:
-            return search(
-                self.model, rows, lengths,
-                beam_size=beam_size or dec["beam_size"], nbest=nbest,
-                length_penalty=dec["length_penalty"], max_len_ratio=dec["max_len_ratio"],
-                max_len_offset=dec["max_len_offset"], min_len_ratio=dec.get("min_len_ratio", 0.0),
-                beam_stop=dec.get("beam_stop", "k_finished"),
-            )
+            return search(self.model, rows, lengths, decoding, nbest)
 
         return segments.bounded(run, src, src_lengths, self.max_input_len, self._boundaries())
 
@@ -213,7 +208,7 @@ class TranslationModule(L.LightningModule):
         """Longest source (pieces, EOS included) translated in one piece: `decoding.max_input_len`, else the
         training `data.max_len` stored in the checkpoint; None: no bound."""
         data = self.hparams.data or {}
-        return self.hparams.decoding.get("max_input_len") or data.get("max_len")
+        return self.decoding.max_input_len or data.get("max_len")
 
     def _boundaries(self) -> frozenset[int]:
         if self._boundary_ids is None:
@@ -280,7 +275,7 @@ class TranslationModule(L.LightningModule):
         self._pending.pop("val", None)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val", self.hparams.decoding["val_beam_size"])
+        self._eval_step(batch, self.val_metrics, "val", self.decoding.val_beam_size)
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
@@ -304,7 +299,7 @@ class TranslationModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, self.test_metrics[dataloader_idx], self._eval_names[dataloader_idx],
-                        self.hparams.decoding["beam_size"])
+                        self.decoding.beam_size)
 
     def on_test_epoch_end(self) -> None:
         for name, metrics in zip(self._eval_names, self.test_metrics, strict=False):

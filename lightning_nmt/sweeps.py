@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.models import MODEL_TYPES, model_keys
 
 log = logging.getLogger("lightning_nmt")
 
@@ -28,18 +29,6 @@ IGNORED_KEYS = ("paths", "logger", "task_name", "resume", "ckpt_path", "hydra")
 IGNORED_SUBKEYS = {"trainer": ("enable_progress_bar",), "data": ("cache_dir", "num_workers")}
 """Keys inside sections that change where or how fast, not what, a job trains."""
 
-_TRANSFORMER_KEYS = ("d_model", "nhead", "ffn_dim", "transformer_layers")
-_ATTENTION_KEYS = ("attention", "input_feeding")
-_RNN_KEYS = ("rnn_type", "embedding_dim", "encoder_hidden", "bidirectional", "encoder_layers",
-             "decoder_hidden", "decoder_layers")
-UNUSED_MODEL_KEYS: dict[str, tuple[str, ...]] = {
-    "basic": _ATTENTION_KEYS + _TRANSFORMER_KEYS,
-    "attention": _TRANSFORMER_KEYS,
-    "transformer": _ATTENTION_KEYS + _RNN_KEYS,
-}
-"""Per model type, the `model.*` keys its builder (lightning_nmt/models/__init__.py) never reads."""
-
-
 def effective_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a resolved train config that decides the result: without paths, logger and resume keys,
     and without the model keys the chosen model type does not read."""
@@ -48,7 +37,8 @@ def effective_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(eff.get(section), dict):
             eff[section] = {k: v for k, v in eff[section].items() if k not in keys}
     model = dict(eff.get("model", {}))
-    eff["model"] = {k: v for k, v in model.items() if k not in UNUSED_MODEL_KEYS.get(str(model.get("type")), ())}
+    if model.get("type") in MODEL_TYPES:
+        eff["model"] = {k: model.get(k) for k in ["type", *model_keys(model["type"])]}
     return eff
 
 

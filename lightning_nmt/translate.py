@@ -16,6 +16,7 @@ import select
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -115,11 +116,10 @@ class Translator:
         for line in translator.stream(open("big.txt")): ...        # constant memory, input order
     """
 
-    def __init__(self, module: TranslationModule, beam_size: int | None = None, max_tokens: int = 8192,
-                 max_input_len: int | None = None) -> None:
-        self.module, self.beam_size, self.max_tokens = module.eval(), beam_size, max_tokens
-        if max_input_len is not None:
-            module.hparams.decoding["max_input_len"] = max_input_len
+    def __init__(self, module: TranslationModule, max_tokens: int = 8192, **decoding: Any) -> None:
+        """`decoding`: `DecodingConfig` fields replacing the checkpoint's (e.g. `beam_size=5`), None: keep."""
+        self.module, self.max_tokens = module.eval(), max_tokens
+        module.decoding = replace(module.decoding, **{k: v for k, v in decoding.items() if v is not None})
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **settings: Any) -> Translator:
@@ -135,8 +135,7 @@ class Translator:
     def translate_nbest(self, lines: Sequence[str], nbest: int = 1, attention_dir: str | Path | None = None,
                         first_line: int = 1) -> list[Hypotheses]:
         """The `nbest` best translations of each line, with their scores (see `translate_lines`)."""
-        return translate_lines(self.module, lines, self.beam_size, nbest, self.max_tokens, attention_dir,
-                               first_line)
+        return translate_lines(self.module, lines, None, nbest, self.max_tokens, attention_dir, first_line)
 
     def stream(self, lines: Iterable[str], chunk_lines: int = 1000) -> Iterator[str]:
         """The best translation of each line of `lines`, in order, `chunk_lines` lines translated at a time."""
@@ -209,8 +208,9 @@ def _open_output(path: str) -> Iterator[IO[str]]:
 
 
 def translate(cfg: DictConfig) -> None:
-    translator = Translator.from_checkpoint(cfg.ckpt_path, cfg.accelerator, beam_size=cfg.beam_size,
-                                            max_tokens=cfg.batch_max_tokens, max_input_len=cfg.max_input_len)
+    translator = Translator.from_checkpoint(cfg.ckpt_path, cfg.accelerator, max_tokens=cfg.batch_max_tokens,
+                                            beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
+                                            max_input_len=cfg.max_input_len)
     if cfg.input == "-":
         lines, name = stdin_lines(sys.stdin.fileno()), "standard input"
     else:

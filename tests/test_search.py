@@ -9,7 +9,7 @@ from torch.profiler import profile
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID
 from lightning_nmt.models import EncoderOutput, Seq2Seq, search
 from lightning_nmt.models.base import Linear, length_mask, packed_linears
-from lightning_nmt.models.search import _row_top, beam_search, greedy
+from lightning_nmt.models.search import DecodingConfig, _row_top, beam_search, greedy
 from tests.test_models_build import MODEL_KINDS, make_batch, random_batch, small_model
 
 A, B = 4, 5  # the stub's two words
@@ -67,7 +67,7 @@ def gnmt(length, alpha):
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_finds_what_greedy_misses(alpha):
     b = make_batch([[4, 9]])
-    best = greedy(BigramStub(), b["src"], b["src_lengths"], length_penalty=alpha)
+    best = greedy(BigramStub(), b["src"], b["src_lengths"], DecodingConfig(length_penalty=alpha))
     assert best.tokens == [[[A]]] and best.attention is None
     torch.testing.assert_close(best.scores, torch.tensor([[math.log(0.5 * 0.4) / gnmt(2, alpha)]]))
     beam = search(BigramStub(), b["src"], b["src_lengths"], beam_size=2, nbest=2, length_penalty=alpha)
@@ -104,7 +104,7 @@ def test_min_length_delays_eos(beam_size):
 def test_finished_sentences_leave_the_batch():
     b = make_batch([[6, 9], [5, 9, 9], [4]])  # stops at once, runs to max length 11, stops after 2
     stub = BigramStub()
-    result = greedy(stub, b["src"], b["src_lengths"])
+    result = greedy(stub, b["src"], b["src_lengths"], DecodingConfig())
     assert result.tokens == [[[]], [[A] * 10], [[A]]]
     assert stub.batch_sizes == [3, 2] + [1] * 9
     stub = BigramStub()
@@ -145,8 +145,8 @@ def test_best_finished_stop_scores_no_better_than_the_full_search(kind):
 def test_beam_of_one_is_greedy(kind, alpha):
     model = small_model(**MODEL_KINDS[kind])
     b = random_batch(4, size=6)
-    expected = greedy(model, b["src"], b["src_lengths"], length_penalty=alpha)
-    result = beam_search(model, b["src"], b["src_lengths"], beam_size=1, length_penalty=alpha)
+    expected = greedy(model, b["src"], b["src_lengths"], DecodingConfig(length_penalty=alpha))
+    result = beam_search(model, b["src"], b["src_lengths"], DecodingConfig(beam_size=1, length_penalty=alpha))
     assert result.tokens == expected.tokens
     torch.testing.assert_close(result.scores, expected.scores)
 

@@ -9,6 +9,7 @@ together. Key projections are done once per sentence by `precompute_keys`.
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 from torch import Tensor, nn
@@ -115,6 +116,10 @@ ATTENTIONS: dict[str, type[Attention]] = {
     "concat": ConcatAttention,
     "scaled_dot": ScaledDotAttention,
 }
+
+
+AttentionScore = Enum("AttentionScore", {name: name for name in ATTENTIONS}, type=str)
+"""`model.attention` values: the names in `ATTENTIONS`."""
 
 
 def build_attention(name: str, query_size: int, key_size: int) -> Attention:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -179,6 +179,33 @@ class Dropout(nn.Dropout):
         bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
         keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= round(-32768 + self.p * 65536)
         return x * keep * (1.0 / (1.0 - self.p))
+
+
+@dataclass
+class ModelOptions(ABC):
+    """What one model type reads from the `model:` config group: subclasses declare the fields (names and
+    types; the values live in `conf/model/<type>.yaml`) and `build`, and register with `register_model`.
+    The config schema, the enum of model types and the keys a sweep compares are derived from the registry."""
+
+    @abstractmethod
+    def build(self, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
+        """The model, untrained."""
+
+
+MODEL_TYPES: dict[str, type[ModelOptions]] = {}
+"""Model type name (`model.type`) -> its options."""
+
+Options = TypeVar("Options", bound=type[ModelOptions])
+
+
+def register_model(name: str) -> Callable[[Options], Options]:
+    """Class decorator: `model.type=name` builds models from these options."""
+
+    def register(options: Options) -> Options:
+        MODEL_TYPES[name] = options
+        return options
+
+    return register
 
 
 @dataclass

@@ -3,6 +3,8 @@ decoders, and `RNNSeq2Seq` joining an encoder and a decoder."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
 from typing import NamedTuple
 
 import torch
@@ -10,19 +12,23 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_nmt.data.tokenizer import PAD_ID
-from lightning_nmt.models.attention import build_attention
+from lightning_nmt.models.attention import AttentionScore, build_attention
 from lightning_nmt.models.base import (
     Dropout,
     EncoderOutput,
     Linear,
+    ModelOptions,
     Seq2Seq,
     length_mask,
     lookup,
     output_layer,
     per_hypothesis,
+    register_model,
 )
 
 RNNS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
+RNNType = Enum("RNNType", {name: name for name in RNNS}, type=str)
+"""`model.rnn_type` values: the names in `RNNS`."""
 
 
 def build_rnn(
@@ -305,3 +311,53 @@ class RNNSeq2Seq(Seq2Seq):
         else:
             hidden = hidden.index_select(1, index)
         return RNNState(hidden, None if state.feed is None else state.feed.index_select(0, index))
+
+
+@dataclass
+class RNNOptions(ModelOptions):
+    """What both recurrent model types read."""
+
+    rnn_type: RNNType
+    embedding_dim: int
+    encoder_hidden: int  # per direction
+    bidirectional: bool
+    encoder_layers: int
+    decoder_hidden: int
+    decoder_layers: int
+    dropout: float
+    tie_embeddings: bool  # the target embeddings are the output layer's weights
+
+    def encoder(self, src_vocab_size: int) -> RNNEncoder:
+        return RNNEncoder(self.rnn_type, src_vocab_size, self.embedding_dim, self.encoder_hidden,
+                          self.encoder_layers, self.bidirectional, self.dropout)
+
+    def decoder_args(self, tgt_vocab_size: int, encoder: RNNEncoder) -> dict[str, object]:
+        return dict(rnn_type=self.rnn_type, vocab_size=tgt_vocab_size, embedding_dim=self.embedding_dim,
+                    hidden_size=self.decoder_hidden, num_layers=self.decoder_layers,
+                    encoder_size=encoder.output_size, dropout=self.dropout)
+
+
+@register_model("basic")
+@dataclass
+class BasicOptions(RNNOptions):
+    """`model=basic`: the encoder's final state is the one context vector (`BasicDecoder`)."""
+
+    def build(self, src_vocab_size: int, tgt_vocab_size: int) -> RNNSeq2Seq:
+        encoder = self.encoder(src_vocab_size)
+        decoder = BasicDecoder(**self.decoder_args(tgt_vocab_size, encoder))
+        return RNNSeq2Seq(encoder, decoder, tgt_vocab_size, self.tie_embeddings)
+
+
+@register_model("attention")
+@dataclass
+class AttentionOptions(RNNOptions):
+    """`model=attention`: attention over all encoder states at every step (`AttentionDecoder`)."""
+
+    attention: AttentionScore  # the score function
+    input_feeding: bool  # the previous attentional vector is read next to the input embedding
+
+    def build(self, src_vocab_size: int, tgt_vocab_size: int) -> RNNSeq2Seq:
+        encoder = self.encoder(src_vocab_size)
+        decoder = AttentionDecoder(**self.decoder_args(tgt_vocab_size, encoder), attention=self.attention,
+                                   input_feeding=self.input_feeding)
+        return RNNSeq2Seq(encoder, decoder, tgt_vocab_size, self.tie_embeddings)

@@ -21,7 +21,9 @@ Its nbest best finished hypotheses are returned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from enum import Enum
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,7 +31,30 @@ from torch import Tensor
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lightning_nmt.models.base import DecoderState, EncoderOutput, Seq2Seq, packed_linears
 
-BEAM_STOPS = ("k_finished", "best_finished")
+
+class BeamStop(str, Enum):
+    k_finished = "k_finished"  # a sentence is done when beam_size hypotheses have ended (fairseq)
+    best_finished = "best_finished"  # ... when its best candidate of a step ends (OpenNMT-py): fewer steps
+
+
+@dataclass
+class DecodingConfig:
+    """How to decode: the `decoding:` config group, passed as one object from the module to the search."""
+
+    beam_size: int = 5  # test / eval / translate; 1 is greedy
+    val_beam_size: int = 1  # validation during training (greedy is fast)
+    length_penalty: float = 1.0  # GNMT alpha; 0: the plain sum of log-probabilities
+    max_len_ratio: float = 1.5  # at most ceil(src_len * ratio) + offset output tokens, EOS included
+    max_len_offset: int = 5
+    min_len_ratio: float = 0.0  # EOS not before ceil(src_len * min_len_ratio) output tokens (capped at the maximum)
+    beam_stop: BeamStop = BeamStop.k_finished
+    max_input_len: int | None = None  # longer sources are translated in segments; None: the training data.max_len
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DecodingConfig:
+        """From a config or checkpoint dict; keys of older versions are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass
@@ -161,21 +186,13 @@ def _row_top(x: Tensor, k: int, block: int = 64) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def greedy(
-    model: Seq2Seq,
-    src: Tensor,
-    src_lengths: Tensor,
-    length_penalty: float = 1.0,
-    max_len_ratio: float = 1.5,
-    max_len_offset: int = 5,
-    min_len_ratio: float = 0.0,
-) -> SearchResult:
+def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: DecodingConfig) -> SearchResult:
     """Greedy decoding of src (B, S), src_lengths (B,); the model should be in eval mode."""
     batch = src.size(0)
     enc = model.encode(src, src_lengths)
     state = model.init_state(enc)
-    max_len = _max_lengths(src_lengths, max_len_ratio, max_len_offset)
-    min_len = _min_lengths(src_lengths, min_len_ratio, max_len)
+    max_len = _max_lengths(src_lengths, decoding.max_len_ratio, decoding.max_len_offset)
+    min_len = _min_lengths(src_lengths, decoding.min_len_ratio, max_len)
     finished = _Finished(batch, 1, int(max_len.max()), src.device)
     active = torch.arange(batch, device=src.device)
     tokens = torch.full((batch,), BOS_ID, device=src.device)
@@ -192,7 +209,7 @@ def greedy(
         finished.add(
             active[done],
             prefixes.grow(done, tokens[done], weights),
-            scores[done] / _penalty(t + 1, length_penalty),
+            scores[done] / _penalty(t + 1, decoding.length_penalty),
         )
         keep = (~ended).nonzero().squeeze(1)
         if len(keep) == 0:
@@ -204,26 +221,16 @@ def greedy(
 
 
 @torch.no_grad()
-def beam_search(
-    model: Seq2Seq,
-    src: Tensor,
-    src_lengths: Tensor,
-    beam_size: int,
-    nbest: int = 1,
-    length_penalty: float = 1.0,
-    max_len_ratio: float = 1.5,
-    max_len_offset: int = 5,
-    min_len_ratio: float = 0.0,
-    beam_stop: str = "k_finished",
-) -> SearchResult:
+def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: DecodingConfig,
+                nbest: int = 1) -> SearchResult:
     """Beam search of src (B, S), src_lengths (B,) over all B x beam_size hypotheses at once; the
     model should be in eval mode."""
-    batch, k = src.size(0), beam_size
+    batch, k = src.size(0), decoding.beam_size
     device = src.device
     enc = model.encode(src, src_lengths)
     state = model.init_state(enc)
-    max_len = _max_lengths(src_lengths, max_len_ratio, max_len_offset)
-    min_len = _min_lengths(src_lengths, min_len_ratio, max_len)
+    max_len = _max_lengths(src_lengths, decoding.max_len_ratio, decoding.max_len_offset)
+    min_len = _min_lengths(src_lengths, decoding.min_len_ratio, max_len)
     finished = _Finished(batch, 2 * k, int(max_len.max()), device)
     active = torch.arange(batch, device=device)
     # rows are (sentence, hypothesis), `width` hypotheses per sentence: one at the first step (the k beams
@@ -251,12 +258,12 @@ def beam_search(
         finished.add(
             active[sent],
             prefixes.grow(ended, words[sent, cand], weights),
-            top_scores[sent, cand] / _penalty(t + 1, length_penalty),
+            top_scores[sent, cand] / _penalty(t + 1, decoding.length_penalty),
         )
         # the best k others live on
         beam_scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=1)
         done = (finished.count[active] >= k) | last
-        if beam_stop == "best_finished":
+        if decoding.beam_stop == BeamStop.best_finished:
             done |= is_eos[:, 0] & top_scores[:, 0].isfinite()
         keep = (~done).nonzero().squeeze(1)
         if len(keep) == 0:
@@ -272,35 +279,24 @@ def beam_search(
     return finished.result(nbest, src_lengths)
 
 
-def search(
-    model: Seq2Seq,
-    src: Tensor,
-    src_lengths: Tensor,
-    beam_size: int = 1,
-    nbest: int = 1,
-    length_penalty: float = 1.0,
-    max_len_ratio: float = 1.5,
-    max_len_offset: int = 5,
-    min_len_ratio: float = 0.0,
-    beam_stop: str = "k_finished",
-) -> SearchResult:
-    """Translate src (B, S) with src_lengths (B,): greedy if beam_size == 1, else beam search.
+def search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: DecodingConfig | None = None,
+           nbest: int = 1, **overrides: Any) -> SearchResult:
+    """Translate src (B, S) with src_lengths (B,) as `decoding` says (`DecodingConfig()` by default; keyword
+    `overrides` replace its fields, e.g. `beam_size=1`): greedy if beam_size == 1, else beam search.
 
     Returns the nbest (<= beam_size) best hypotheses of each sentence (see the module docstring for
     the rules). Call with the model in eval mode.
     """
-    if not 1 <= nbest <= beam_size:
-        raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={beam_size}")
-    if beam_stop not in BEAM_STOPS:
-        raise ValueError(f"unknown beam_stop {beam_stop!r}; valid values: {', '.join(BEAM_STOPS)}")
+    decoding = replace(decoding or DecodingConfig(), **overrides)
+    if not 1 <= nbest <= decoding.beam_size:
+        raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={decoding.beam_size}")
+    if decoding.beam_stop not in set(BeamStop):
+        raise ValueError(f"unknown beam_stop {decoding.beam_stop!r}; valid values: {', '.join(BeamStop)}")
     # Outside inference mode (gradients stay off): there autocast casts each weight to bf16 once per search
     # and keeps the copy; in inference mode (Lightning's evaluation loops) it casts every weight at every
     # step, which made bf16 greedy decoding 10% slower. Every weight is read at every step, so each is packed
     # for oneDNN once per search (`packed_linears`).
     with torch.inference_mode(False), torch.no_grad(), packed_linears(model):
-        if beam_size == 1:
-            return greedy(model, src, src_lengths, length_penalty, max_len_ratio, max_len_offset, min_len_ratio)
-        return beam_search(
-            model, src, src_lengths, beam_size, nbest, length_penalty, max_len_ratio, max_len_offset,
-            min_len_ratio, beam_stop,
-        )
+        if decoding.beam_size == 1:
+            return greedy(model, src, src_lengths, decoding)
+        return beam_search(model, src, src_lengths, decoding, nbest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -12,11 +13,13 @@ from lightning_nmt.models.base import (
     Dropout,
     EncoderOutput,
     Linear,
+    ModelOptions,
     Seq2Seq,
     length_mask,
     output_layer,
     per_hypothesis,
     per_sentence,
+    register_model,
 )
 
 
@@ -141,3 +144,21 @@ class TransformerSeq2Seq(Seq2Seq):
 
     def reorder(self, state: Tensor, index: Tensor) -> Tensor:
         return state.index_select(0, index)
+
+
+@register_model("transformer")
+@dataclass
+class TransformerOptions(ModelOptions):
+    """`model=transformer`: d_model is also the embedding size; `transformer_layers` encoder and decoder
+    layers each."""
+
+    d_model: int
+    nhead: int
+    ffn_dim: int
+    transformer_layers: int
+    dropout: float
+    tie_embeddings: bool  # the target embeddings are the output layer's weights
+
+    def build(self, src_vocab_size: int, tgt_vocab_size: int) -> TransformerSeq2Seq:
+        return TransformerSeq2Seq(src_vocab_size, tgt_vocab_size, self.d_model, self.nhead, self.ffn_dim,
+                                  self.transformer_layers, self.dropout, self.tie_embeddings)
