@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import netrc
 import os
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -28,7 +29,6 @@ from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
 from lightning_nmt.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, WriteError, is_write_error
-from lightning_nmt.metrics import add_bleu_tok_lc
 from lightning_nmt.models import model_keys
 from lightning_nmt.models.search import DecodingConfig
 from lightning_nmt.module import TranslationModule, read_checkpoint
@@ -110,7 +110,6 @@ def build_module(cfg: DictConfig, datamodule: ParallelDataModule) -> Translation
         scheduler=to_dict(cfg.scheduler),
         decoding=to_dict(cfg.decoding),
         label_smoothing=cfg.label_smoothing,
-        num_examples=cfg.callbacks.num_examples,
         num_heatmaps=cfg.callbacks.num_heatmaps,
         data=to_dict(cfg.data),
         tokenizer=tokenizer,
@@ -134,8 +133,10 @@ def build_logger(cfg: DictConfig, output_dir: Path, resume_step: int | None = No
 def _wandb_has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 def build_wandb_logger(cfg: DictConfig, output_dir: Path) -> WandbLogger:
@@ -283,15 +284,34 @@ def check_compatible(module: TranslationModule, ckpt_path: str) -> int:
     return int(checkpoint.get("global_step", 0))
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train, test the best checkpoint (with `average_checkpoints=k`: the average of the best k), write
-    metrics.json; returns the metrics."""
-    started = time.time()
+C = TypeVar("C", bound=L.Callback)
+
+
+@dataclass
+class Run:
+    """Everything one training job is made of, built by `build_run`."""
+
+    output_dir: Path
+    datamodule: ParallelDataModule
+    module: TranslationModule
+    trainer: L.Trainer
+    callbacks: list[L.Callback]
+    loggers: list[Logger]
+    checkpoint_io: AtomicCheckpointIO
+    ckpt_path: str | None  # the checkpoint a resumed run continues from
+
+    def callback(self, kind: type[C]) -> C:
+        return next(cb for cb in self.callbacks if isinstance(cb, kind))
+
+
+def setup_process() -> None:
+    """The process-wide side effects of `lnmt-train`, in one place: Lightning's DDP launcher relaunches ranks
+    with this job's overrides only (`install_hydra_relaunch`)."""
     install_hydra_relaunch()
-    output_dir = Path(cfg.paths.output_dir).resolve()
-    duplicate = skip_duplicate(cfg, output_dir, hydra_runtime())
-    if duplicate is not None:
-        return duplicate
+
+
+def build_run(cfg: DictConfig, output_dir: Path) -> Run:
+    """Data, module, loggers, callbacks and trainer of a job; checks a checkpoint to resume from first."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, cfg.seed)
     datamodule.prepare_data()
@@ -304,60 +324,82 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_average_option(cfg)
     checkpoint_io = AtomicCheckpointIO(last=output_dir / "checkpoints" / LAST_CKPT)
     trainer = build_trainer(cfg, output_dir, loggers, callbacks, checkpoint_io)
-    batch = effective_batch(cfg, trainer.world_size)
-    if trainer.is_global_zero:
+    return Run(output_dir, datamodule, module, trainer, callbacks, loggers, checkpoint_io, ckpt_path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train, test the best checkpoint (with `average_checkpoints=k`: the average of the best k), write
+    metrics.json; returns the metrics."""
+    started = time.time()
+    setup_process()
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    duplicate = skip_duplicate(cfg, output_dir, hydra_runtime())
+    if duplicate is not None:
+        return duplicate
+    run = build_run(cfg, output_dir)
+    batch = effective_batch(cfg, run.trainer.world_size)
+    if run.trainer.is_global_zero:
         log.info("effective batch: %s; padded fraction of target positions: %.3f", batch,
-                 datamodule.padding_fraction)
-        for logger in loggers:
+                 run.datamodule.padding_fraction)
+        for logger in run.loggers:
             logger.log_hyperparams({"config": to_dict(cfg), "effective_batch": batch})
     try:
-        try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        except Preempted as stop:
-            log.warning("%s; continue with: resume=auto hydra.run.dir=%s", stop, output_dir)
-            raise SystemExit(stop.exit_code) from None
-        except TrainingDiverged as err:
-            raise TrainingDiverged(f"{err}. {checkpoint_io.intact()}; "
-                                   f"continue from it with a lower learning rate: lnmt-train resume=auto "
-                                   f"hydra.run.dir={output_dir} optim.lr={cfg.optim.lr / 10:g} [the same "
-                                   "overrides]") from None
-        summary = next(cb for cb in callbacks if isinstance(cb, RunSummary))
-        metrics: dict[str, Any] = {
-            "val": {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
-                    if k.startswith("val/")},
-            "steps": trainer.global_step,
-            "epochs": trainer.current_epoch,
-            **summary.result,
-            "val_history": summary.val_history,
-        }
-        checkpoint_cb = next(cb for cb in callbacks if isinstance(cb, ModelCheckpoint))
-        best = checkpoint_cb.best_model_path or None
-        metrics["best_checkpoint"] = best
-        metrics.update(average_best(trainer, checkpoint_cb, cfg.average_checkpoints))
-        if cfg.test_after_training:
-            trainer.test(module, datamodule=datamodule, ckpt_path=metrics.get("averaged_checkpoint", best),
-                         verbose=trainer.is_global_zero)
-            metrics.update(_test_metrics(trainer.callback_metrics))
-            add_bleu_tok_lc(metrics, module, datamodule)
-        metrics["wall_seconds"] = time.time() - started
-        metrics["model"] = to_dict(cfg.model)["type"]
-        metrics["effective_batch"] = batch
-        metrics["padding_fraction"] = datamodule.padding_fraction
-        if trainer.is_global_zero:
+        fit(cfg, run)
+        metrics = report(cfg, run, batch, started)
+        if run.trainer.is_global_zero:
             atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             log.info("run directory: %s", output_dir)
         return metrics
     except OSError as err:  # a log, a plot... that could not be written (checkpoints raise WriteError)
         if not is_write_error(err):
             raise
-        raise WriteError(err.filename, err, checkpoint_io.intact()) from None
+        raise WriteError(err.filename, err, run.checkpoint_io.intact()) from None
     except WriteError as err:
         if err.intact:
             raise
-        raise err.with_intact(checkpoint_io.intact()) from None
+        raise err.with_intact(run.checkpoint_io.intact()) from None
     finally:
-        _finish_loggers(loggers)
+        _finish_loggers(run.loggers)
         end_job()
+
+
+def fit(cfg: DictConfig, run: Run) -> None:
+    """`trainer.fit`; a preempted run exits 128 + signal, a diverged one says how to continue."""
+    try:
+        run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.ckpt_path)
+    except Preempted as stop:
+        log.warning("%s; continue with: resume=auto hydra.run.dir=%s", stop, run.output_dir)
+        raise SystemExit(stop.exit_code) from None
+    except TrainingDiverged as err:
+        raise TrainingDiverged(f"{err}. {run.checkpoint_io.intact()}; continue from it with a lower learning "
+                               f"rate: lnmt-train resume=auto hydra.run.dir={run.output_dir} "
+                               f"optim.lr={cfg.optim.lr / 10:g} [the same overrides]") from None
+
+
+def report(cfg: DictConfig, run: Run, batch: dict[str, Any], started: float) -> dict[str, Any]:
+    """After fit: validation scores and history, throughput, the best (or averaged) checkpoint tested."""
+    trainer, summary = run.trainer, run.callback(RunSummary)
+    metrics: dict[str, Any] = {
+        "val": {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items()
+                if k.startswith("val/")},
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        **summary.result,
+        "val_history": summary.val_history,
+    }
+    checkpoint_cb = run.callback(ModelCheckpoint)
+    best = checkpoint_cb.best_model_path or None
+    metrics["best_checkpoint"] = best
+    metrics.update(average_best(trainer, checkpoint_cb, cfg.average_checkpoints))
+    if cfg.test_after_training:
+        trainer.test(run.module, datamodule=run.datamodule, ckpt_path=metrics.get("averaged_checkpoint", best),
+                     verbose=trainer.is_global_zero)
+        metrics.update(_test_metrics(trainer.callback_metrics))
+    metrics["wall_seconds"] = time.time() - started
+    metrics["model"] = to_dict(cfg.model)["type"]
+    metrics["effective_batch"] = batch
+    metrics["padding_fraction"] = run.datamodule.padding_fraction
+    return metrics
 
 
 def _test_metrics(callback_metrics: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:

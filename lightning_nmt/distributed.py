@@ -5,7 +5,6 @@
   run mode, in this job's directory.
 - `end_job()`: after each job, leave no process group and no rank variables behind, so the next job of a
   multirun starts its own.
-- `all_reduce_sum()`: the global token count that normalises the training loss.
 - `effective_batch()`: the batch size and learning rate one optimizer step really uses.
 """
 
@@ -17,7 +16,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
@@ -83,20 +81,6 @@ def end_job() -> None:
         dist.destroy_process_group()
     for name in RANK_VARIABLES:
         os.environ.pop(name, None)
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of `tensor` over all ranks (the tensor itself outside a process group)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    total = tensor.clone()
-    dist.all_reduce(total)
-    return total
-
-
-def world_size() -> int:
-    """Number of processes in the default process group (1 outside one)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def effective_batch(cfg: DictConfig, world: int) -> dict[str, Any]:

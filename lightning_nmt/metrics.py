@@ -13,14 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
 
 import sacrebleu
 from sacremoses import MosesTokenizer
-
-if TYPE_CHECKING:
-    from lightning_nmt.data import ParallelDataModule
-    from lightning_nmt.module import TranslationModule
 
 
 @dataclass(frozen=True)
@@ -51,14 +46,6 @@ def chrf(hypotheses: list[str], references: list[str]) -> Score:
     """sacreBLEU's chrF (character 6-grams, beta 2, no word n-grams), computed on detokenized text."""
     metric = sacrebleu.metrics.CHRF()
     return Score(metric.corpus_score(hypotheses, [references]).score, str(metric.get_signature()))
-
-
-def add_bleu_tok_lc(metrics: dict[str, Any], module: TranslationModule, datamodule: ParallelDataModule) -> None:
-    """Add `bleu_tok_lc` of the last test pass (`module.translations`) to metrics.json's `test` (and
-    `test_<name>`) entries; torchmetrics computes only the cased BLEU during the test step."""
-    for name in datamodule.test_names:
-        score = bleu_tok_lc(module.translations[name].hypotheses, datamodule.references(name), datamodule.tgt_lang)
-        metrics.setdefault("test" if name == "test" else f"test_{name}", {})["bleu_tok_lc"] = score.score
 
 
 @lru_cache(maxsize=8)

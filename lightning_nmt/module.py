@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import nn
-from torchmetrics import MeanMetric, SumMetric
-from torchmetrics.text import CHRFScore, SacreBLEUScore
+from torchmetrics import SumMetric
 
+from lightning_nmt import metrics
 from lightning_nmt.data.tokenizer import PAD_ID, Tokenizer
-from lightning_nmt.distributed import all_reduce_sum, world_size
 from lightning_nmt.errors import CheckpointError, TrainingDiverged
 from lightning_nmt.models import build_model, segments
 from lightning_nmt.models.search import DecodingConfig, SearchResult, search
@@ -32,29 +31,28 @@ log = logging.getLogger("lightning_nmt")
 
 
 class EvalMetrics(nn.Module):
-    """Corpus-level metrics of one evaluation set; states are summed across DDP ranks, so each
-    sentence counts exactly once when the ranks hold disjoint shards."""
+    """The loss of one evaluation set: states summed across DDP ranks, so each sentence counts exactly once when
+    the ranks hold disjoint shards. BLEU and chrF are scored on the gathered translations (`lightning_nmt.metrics`,
+    one implementation for training, `lnmt-eval` and the literature's metric)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.bleu = SacreBLEUScore(tokenize="13a")
-        self.chrf = CHRFScore(n_word_order=0)  # plain chrF, as sacrebleu's CHRF()
         self.nll = SumMetric()
         self.tokens = SumMetric()
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, translations: Translations, tgt_lang: str | None) -> dict[str, float]:
         nll, tokens = self.nll.compute(), self.tokens.compute().clamp(min=1)
         loss = (nll / tokens).item()
-        return {
-            "loss": loss,
-            "ppl": math.exp(min(loss, 50.0)),
-            "bleu": 100.0 * self.bleu.compute().item(),  # torchmetrics gives 0-1, sacrebleu 0-100
-            "chrf": 100.0 * self.chrf.compute().item(),
-        }
+        hyps, refs = translations.hypotheses, translations.references
+        scores = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": metrics.bleu(hyps, refs).score,
+                  "chrf": metrics.chrf(hyps, refs).score}
+        if tgt_lang:
+            scores["bleu_tok_lc"] = metrics.bleu_tok_lc(hyps, refs, tgt_lang).score
+        return scores
 
     def reset(self) -> None:
-        for metric in (self.bleu, self.chrf, self.nll, self.tokens):
-            metric.reset()
+        self.nll.reset()
+        self.tokens.reset()
 
 
 @dataclass
@@ -62,6 +60,7 @@ class Translations:
     """What one evaluation pass produced, in the split's original order (filled on every rank)."""
 
     hypotheses: list[str]
+    references: list[str]
     sources_pieces: dict[int, list[str]]  # example id -> source pieces, for the heatmaps
     attention: dict[int, tuple[list[str], torch.Tensor]]  # id -> (output pieces, (T_out, S) weights)
 
@@ -82,7 +81,6 @@ class TranslationModule(L.LightningModule):
         scheduler: dict[str, Any],
         decoding: dict[str, Any],
         label_smoothing: float = 0.1,
-        num_examples: int = 5,
         num_heatmaps: int = 4,
         data: dict[str, Any] | None = None,
         tokenizer: Tokenizer | None = None,
@@ -94,9 +92,8 @@ class TranslationModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.val_metrics = EvalMetrics()
         self.test_metrics = nn.ModuleList()
-        self.train_loss = MeanMetric()
         self.translations: dict[str, Translations] = {}  # split name -> last evaluation's output
-        self._pending: dict[str, list[tuple[int, str]]] = {}
+        self._pending: dict[str, list[tuple[int, str, str]]] = {}  # split -> (example id, hypothesis, reference)
         self._eval_names: list[str] = []
         # split -> example id -> (source ids, output pieces, (T_out, S) attention weights)
         self._attention_store: dict[str, dict[int, tuple[list[int], list[str], torch.Tensor]]] = {}
@@ -133,17 +130,17 @@ class TranslationModule(L.LightningModule):
         whatever each rank's share of tokens (as one process with the whole batch would take).
         """
         loss_sum, n_tokens = self.token_loss(batch, self.hparams.label_smoothing)
-        totals = all_reduce_sum(torch.stack([loss_sum.detach(), n_tokens.to(loss_sum.dtype)]))
+        totals = self.trainer.strategy.reduce(torch.stack([loss_sum.detach(), n_tokens.to(loss_sum.dtype)]),
+                                              reduce_op="sum")
         mean_loss = totals[0] / totals[1]  # the same on every rank: so is every decision on it
         self._loss_finite = bool(torch.isfinite(mean_loss))
         if not self._loss_finite and self.trainer.world_size == 1:
             self._bad_step("loss")
             return None  # no backward pass, no update; DDP needs its backward: `configure_gradient_clipping` skips
-        self.train_loss.update(mean_loss)
         self.log("train/loss", mean_loss, prog_bar=True, batch_size=batch["src"].size(0))
         if self.nonfinite_steps:
             self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
-        return loss_sum * world_size() / totals[1]
+        return loss_sum * self.trainer.world_size / totals[1]
 
     # ---- non-finite guard ---------------------------------------------------------------------
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
@@ -231,9 +228,7 @@ class TranslationModule(L.LightningModule):
         hyps = self.tokenizer.decode_tgt([nbest[0] for nbest in result.tokens])
         ids = batch["ids"].tolist()
         refs = self._references(split, ids, batch)
-        metrics.bleu.update(hyps, [[ref] for ref in refs])  # torchmetrics wants one list per sentence
-        metrics.chrf.update(hyps, [[ref] for ref in refs])
-        self._pending.setdefault(split, []).extend(zip(ids, hyps, strict=False))
+        self._pending.setdefault(split, []).extend(zip(ids, hyps, refs, strict=True))
         self._keep_attention(split, ids, batch, result)
 
     def _within_input_limit(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor | None:
@@ -278,14 +273,14 @@ class TranslationModule(L.LightningModule):
         self._eval_step(batch, self.val_metrics, "val", self.decoding.val_beam_size)
 
     def on_validation_epoch_end(self) -> None:
-        scores = self.val_metrics.compute()
+        self.translations["val"] = self._gather("val")
+        scores = self.val_metrics.compute(self.translations["val"], None)
         self.val_metrics.reset()
         self.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=False)
         fitting = self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
         scheduler = self.lr_schedulers() if fitting else None
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(scores["bleu"])  # once per validation: see `lr_scheduler_step`
-        self.translations["val"] = self._gather("val")
 
     def on_test_epoch_start(self) -> None:
         loaders = self.trainer.test_dataloaders
@@ -302,28 +297,30 @@ class TranslationModule(L.LightningModule):
                         self.decoding.beam_size)
 
     def on_test_epoch_end(self) -> None:
-        for name, metrics in zip(self._eval_names, self.test_metrics, strict=False):
+        tgt_lang = (self.hparams.data or {}).get("tgt_lang")
+        for name, split_metrics in zip(self._eval_names, self.test_metrics, strict=False):
             prefix = "test" if name == "test" else f"test_{name}"
-            scores = metrics.compute()
+            self.translations[name] = self._gather(name)
+            scores = split_metrics.compute(self.translations[name], tgt_lang)
             self.log_dict({f"{prefix}/{k}": v for k, v in scores.items()}, sync_dist=False,
                           add_dataloader_idx=False)
-            self.translations[name] = self._gather(name)
 
     def _gather(self, split: str) -> Translations:
-        """Collect (id, hypothesis) pairs and heatmap data of all ranks, in the split's order."""
+        """Collect (id, hypothesis, reference) triples and heatmap data of all ranks, in the split's order."""
         local = (self._pending.pop(split, []), self._attention_store.get(split, {}))
         if self.trainer.world_size > 1:
             gathered: list[Any] = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, local)
         else:
             gathered = [local]
-        pairs = sorted(pair for part, _ in gathered for pair in part)
+        triples = sorted(triple for part, _ in gathered for triple in part)
         attention: dict[int, Any] = {}
         for _, store in gathered:
             attention.update(store)
         sources = {i: self.tokenizer.src_pieces_from_ids(src) for i, (src, _, _) in attention.items()}
         return Translations(
-            hypotheses=[hyp for _, hyp in pairs],
+            hypotheses=[hyp for _, hyp, _ in triples],
+            references=[ref for _, _, ref in triples],
             sources_pieces=sources,
             attention={i: (pieces, weights) for i, (_, pieces, weights) in attention.items()},
         )
@@ -383,12 +380,10 @@ class TranslationModule(L.LightningModule):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TranslationModule:
-        """Rebuild model and tokenizer from a checkpoint alone (loaded with `weights_only=True`)."""
-        checkpoint = read_checkpoint(path, map_location)
-        module = cls(**checkpoint["hyper_parameters"])
-        module.load_state_dict(checkpoint["state_dict"])
-        module.on_load_checkpoint(checkpoint)
-        return module.eval()
+        """Rebuild model and tokenizer from a checkpoint alone (`load_from_checkpoint` with `weights_only=True`);
+        a missing, corrupt or foreign file is a one-line `CheckpointError`."""
+        read_checkpoint(path)  # the clear errors; memory-mapped, so the weights are read once, below
+        return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True).eval()
 
 
 def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -400,7 +395,8 @@ def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """`torch.load(weights_only=True)` with clear errors for a missing, corrupt or foreign file."""
+    """`torch.load(weights_only=True)`, memory-mapped (tensors are read when touched), with clear errors for a
+    missing, corrupt or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -408,7 +404,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: not a complete "
                               "torch archive)")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, pickle garbage, disallowed globals...
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(

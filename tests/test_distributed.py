@@ -85,11 +85,6 @@ def test_effective_batch_multiplies_tokens_ranks_and_accumulation():
     }
 
 
-def test_all_reduce_sum_outside_a_group_is_the_identity():
-    t = torch.tensor([3.0, 4.0])
-    assert distributed.all_reduce_sum(t) is t and distributed.world_size() == 1
-
-
 def test_eval_set_in_one_batch_is_split_so_every_rank_gets_some():
     lengths = [5, 3, 8, 2, 7]
     shards = [list(TokenBatchSampler(lengths, lengths, max_tokens=10_000, shuffle=False, even=False,
