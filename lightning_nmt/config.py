@@ -26,6 +26,8 @@ class Corpus(str, Enum):
     sample = "sample"
     multi30k = "multi30k"
     files = "files"
+    tsv = "tsv"
+    hf = "hf"
 
 
 class TokenizerType(str, Enum):
@@ -63,6 +65,7 @@ class TokenizerConfig:
     vocab_size: int = 8000
     joint: bool = True
     character_coverage: float = 1.0
+    input_sentence_size: int = 1000000  # sentences per model at most: a random sample of a larger train split
 
 
 @dataclass
@@ -84,6 +87,9 @@ class DataConfig:
     max_len: int = 100
     cache_dir: str = ".cache/lightning_nmt"
     num_workers: int = 0
+    hf_name: str | None = None  # data=hf: hub dataset name (wmt14) or a directory written by save_to_disk
+    hf_config: str | None = None  # data=hf: the dataset's configuration (de-en)
+    preprocess_workers: int | None = None  # processes encoding the train split; None: every available core
 
 
 ModelType = Enum("ModelType", {name: name for name in MODEL_TYPES}, type=str)

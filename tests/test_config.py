@@ -18,7 +18,7 @@ FILES_DATA = ["data.train=c/train", "data.val=c/val", "data.test=c/test", "data.
 
 
 def test_groups_present() -> None:
-    assert GROUPS["data"] == ["files", "multi30k", "sample"]
+    assert GROUPS["data"] == ["files", "hf", "multi30k", "sample", "tsv", "wmt14_en_de"]
     assert GROUPS["model"] == ["attention", "basic", "transformer"]
     assert {"cpu", "gpu", "ddp", "ddp_cpu", "ddp_spawn", "fsdp"} <= set(GROUPS["trainer"])
     assert GROUPS["logger"] == ["csv", "none", "tensorboard", "wandb"]
@@ -30,7 +30,7 @@ def _check_combinations(data: str, combos: list[tuple[str, str, str]], tmp_path)
     for (model, _, logger), cfg in zip(combos, compose_many("train", overrides, tmp_path), strict=False):
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True)
         assert container["model"]["type"] == model
-        assert container["data"]["corpus"] == data
+        assert container["data"]["corpus"] == {"wmt14_en_de": "hf"}.get(data, data)
         assert container["logger"]["type"] == logger
         assert container["data"]["cache_dir"] == str(tmp_path / "cache")
 

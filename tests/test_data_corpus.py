@@ -1,4 +1,4 @@
-"""Corpus reading, validation errors and train-split cleaning."""
+"""Corpus reading (in blocks and chunks), validation errors and train-split cleaning."""
 
 import gzip
 import logging
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lightning_nmt.data import DataError, ParallelDataModule
+from lightning_nmt.data import DataError, ParallelDataModule, corpus
 from lightning_nmt.data.atomic import atomic_path, atomic_write_text
-from lightning_nmt.data.corpus import read_parallel, resolve
+from lightning_nmt.data.corpus import ParallelText, TextPair, read_all, resolve
 
 WORDS = "the a cat dog sees likes small big house garden runs sleeps".split()
 
@@ -22,6 +22,10 @@ def write(prefix: Path, src: list[str], tgt: list[str], gz: bool = False) -> Non
             Path(f"{prefix}.{lang}").write_bytes(data)
 
 
+def read_parallel(prefix: Path, src_lang: str, tgt_lang: str) -> ParallelText:
+    return read_all(TextPair.from_prefix(prefix, src_lang, tgt_lang))
+
+
 def sentences(n: int, offset: int = 0) -> list[str]:
     return [" ".join(WORDS[(i * 7 + k + offset) % len(WORDS)] for k in range(3 + i % 5)) for i in range(n)]
 
@@ -33,6 +37,32 @@ def test_reads_plain_and_gzip_and_strips_only_line_ends(tmp_path):
     assert text.src == ["one ", "  two", ""]
     assert text.tgt == ["un", "deux é", "x"]
     assert resolve(tmp_path / "a", "fr") == tmp_path / "a.fr.gz"
+
+
+def test_blocks_and_chunks_do_not_change_the_lines(tmp_path, monkeypatch):
+    src = "".join(f"ligne {i} é\u2028ü\r\n" if i % 3 else f"  {i}\n" for i in range(40)) + "last without newline"
+    tgt = "".join(f"{i}\n" for i in range(41))
+    (tmp_path / "a.en.gz").write_bytes(gzip.compress(src.encode()))
+    (tmp_path / "a.fr").write_text(tgt)
+    whole = read_parallel(tmp_path / "a", "en", "fr")
+    monkeypatch.setattr(corpus, "BLOCK_BYTES", 3)  # multi-byte characters and \r\n split across blocks
+    chunks = list(TextPair.from_prefix(tmp_path / "a", "en", "fr").chunks(size=7))
+    assert [c.start for c in chunks] == list(range(0, 41, 7))
+    assert [line for c in chunks for line in c.src] == whole.src and len(whole.src) == 41
+    assert whole.src[1] == "ligne 1 é\u2028ü" and whole.src[3] == "  3" and whole.src[-1] == "last without newline"
+    assert [line for c in chunks for line in c.tgt] == whole.tgt
+
+
+def test_errors_found_late_in_a_large_file_name_the_line_and_counts(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "BLOCK_BYTES", 16)
+    write(tmp_path / "a", sentences(100), sentences(100))
+    data = (tmp_path / "a.fr").read_bytes().splitlines(keepends=True)
+    (tmp_path / "a.fr").write_bytes(b"".join(data[:87]) + b"caf\xe9\n" + b"".join(data[88:]))
+    with pytest.raises(DataError, match=r"invalid UTF-8 in .*a\.fr at line 88"):
+        list(TextPair.from_prefix(tmp_path / "a", "en", "fr").chunks(size=10))
+    write(tmp_path / "b", sentences(95), sentences(93))
+    with pytest.raises(DataError, match=r"b\.en has 95 lines but .*b\.fr has 93"):
+        list(TextPair.from_prefix(tmp_path / "b", "en", "fr").chunks(size=10))
 
 
 def test_missing_file_names_the_paths_tried(tmp_path):

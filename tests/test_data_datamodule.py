@@ -87,6 +87,7 @@ def test_extra_tests_and_test_names(dm, cache_dir, tmp_path):
     extra.with_suffix(".fr").write_text("le chien court .\nun chat .\n")
     with_extra = make(cache_dir, extra_tests={"mine": str(extra)})
     with_extra.setup("test")
+    assert not with_extra.built_cache  # a new test set is encoded with the cached tokenizer, nothing rebuilt
     assert with_extra.test_names == ["test", "mine"]
     loaders = with_extra.test_dataloader()
     assert isinstance(loaders, list) and len(loaders[1].dataset) == 2

@@ -82,6 +82,9 @@ def test_invalid_settings_are_data_errors():
     with pytest.raises(DataError, match="sentencepiece training failed"):
         Tokenizer.train(EN, FR, model_type="bpe", vocab_size=50)
     assert settings_from_config({"type": "bpe"})["vocab_size"] == 8000
+    assert settings_from_config({})["input_sentence_size"] == 1_000_000
+    with pytest.raises(DataError, match="input_sentence_size must be at least 2, got 1"):
+        settings_from_config({"input_sentence_size": 1})
 
 
 def test_decoded_hypothesis_is_one_line(tmp_path) -> None:

@@ -1,4 +1,5 @@
-"""Data pipeline: corpus reading and validation, sentencepiece, binarized cache, token batching.
+"""Data pipeline: corpus reading and validation (text files, TSV, Hugging Face datasets), sentencepiece, streamed
+preprocessing into a memory-mapped binarized cache, token batching.
 
 The public names are imported lazily, so that ``import lightning_nmt.data.tokenizer`` (models) or the
 cache (parallel jobs) does not pay for importing Lightning.
@@ -13,6 +14,7 @@ _EXPORTS = {
     "collate": "batching",
     "EncodedDataset": "dataset",
     "Example": "dataset",
+    "IndexedDataset": "indexed",
     "DataError": "errors",
     "Tokenizer": "tokenizer",
     "PAD_ID": "tokenizer",

@@ -113,8 +113,9 @@ class TokenBatchSampler(Sampler[list[int]]):
             raise DataError(f"max_tokens must be positive, got {max_tokens}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} not in [0, {num_replicas})")
-        self.src_widths = np.asarray(src_lengths, dtype=np.int64) + 1
-        self.tgt_widths = self.src_widths if tgt_lengths is None else np.asarray(tgt_lengths, np.int64) + 1
+        # int32: for a corpus of millions of examples these arrays are most of the memory the data takes
+        self.src_widths = np.asarray(src_lengths, dtype=np.int32) + 1
+        self.tgt_widths = self.src_widths if tgt_lengths is None else np.asarray(tgt_lengths, np.int32) + 1
         self.max_tokens, self.shuffle, self.even = max_tokens, shuffle, even
         self.num_replicas, self.rank, self.seed = num_replicas, rank, seed
         self.epoch, self.batches_done, self._skip = 0, 0, 0

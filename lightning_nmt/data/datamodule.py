@@ -1,4 +1,4 @@
-"""``ParallelDataModule``: the one LightningDataModule for every corpus (sample, multi30k, files)."""
+"""``ParallelDataModule``: the one LightningDataModule for every corpus (sample, multi30k, files, tsv, hf)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from torch.utils.data import DataLoader
 
 from lightning_nmt.data import multi30k, sample
 from lightning_nmt.data.batching import TokenBatchSampler, make_eval_loader, make_loader
+from lightning_nmt.data.binarize import report
 from lightning_nmt.data.cache import Binarized, build_or_load
-from lightning_nmt.data.corpus import ParallelText, read_parallel
+from lightning_nmt.data.corpus import PairSource, ParallelText, TextPair, TsvFile, read_all
 from lightning_nmt.data.dataset import EncodedDataset
 from lightning_nmt.data.errors import DataError
+from lightning_nmt.data.hf import HFSplit
 from lightning_nmt.data.tokenizer import Tokenizer, settings_from_config
 
-CORPORA = ("sample", "multi30k", "files")
+CORPORA = ("sample", "multi30k", "files", "tsv", "hf")
 SAMPLE_LANGS = ("en", "fr")
 DEFAULT_LANGS = {"sample": ("en", "fr"), "multi30k": ("en", "de")}
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -33,13 +35,16 @@ class ParallelDataModule(L.LightningDataModule):
 
     ``corpus``: ``sample`` (embedded English<->French generator, written to ``cache_dir``), ``multi30k``
     (``root/{train,val,test_2016_flickr}.<lang>.gz``, downloaded from ``base_url`` when absent; ``train``,
-    ``val``, ``test`` and ``extra_tests`` values are file names inside ``root``) or ``files``
-    (``train``/``val``/``test`` are prefixes of ``PREFIX.<lang>[.gz]`` files). ``extra_tests`` (name ->
-    prefix) adds test sets to any corpus.
-    ``tokenizer`` is the ``data.tokenizer`` config group (type, vocab_size, joint, character_coverage).
+    ``val``, ``test`` and ``extra_tests`` values are file names inside ``root``), ``files``
+    (``train``/``val``/``test`` are prefixes of ``PREFIX.<lang>[.gz]`` files), ``tsv`` (they are
+    ``source<TAB>target`` files) or ``hf`` (they are split names of the Hugging Face dataset ``hf_name``,
+    configuration ``hf_config``). ``extra_tests`` (name -> prefix, file or split) adds test sets to any corpus.
+    ``tokenizer`` is the ``data.tokenizer`` config group (type, vocab_size, joint, character_coverage,
+    input_sentence_size); ``preprocess_workers``: processes that encode the train split (None: every core).
 
-    ``prepare_data`` generates/downloads; ``setup`` validates the files, builds or loads the binarized
-    cache (sentencepiece trained once, guarded by a file lock) and creates the samplers for this rank.
+    ``prepare_data`` generates/downloads; ``setup`` validates the evaluation splits and reads them into memory,
+    builds or opens the binarized cache of the train split (streamed: see ``binarize``; memory-mapped: see
+    ``indexed``; built once, under a file lock) and creates the samplers for this rank.
     Under DDP the Trainer must use ``use_distributed_sampler=False``: sharding is done here.
     """
 
@@ -62,6 +67,9 @@ class ParallelDataModule(L.LightningDataModule):
         max_len: int = 100,
         cache_dir: str = ".cache/lightning_nmt",
         num_workers: int = 0,
+        hf_name: str | None = None,
+        hf_config: str | None = None,
+        preprocess_workers: int | None = None,
         seed: int = 42,
     ) -> None:
         super().__init__()
@@ -77,6 +85,11 @@ class ParallelDataModule(L.LightningDataModule):
                                 "and none of train/val/test")
         self.root = Path(root) if root is not None else Path(cache_dir) / "multi30k"
         self.base_url = base_url
+        if corpus == "hf" and not hf_name:
+            raise DataError("data.hf_name is required for corpus=hf: a hub dataset name (e.g. wmt14) or a directory "
+                            "written by save_to_disk")
+        self.hf_name, self.hf_config = hf_name, hf_config
+        self.preprocess_workers = preprocess_workers
         self.sample_sizes = dict(sample_sizes or sample.DEFAULT_SIZES)
         self.sample_seed = sample_seed
         self.tokenizer_settings = settings_from_config(tokenizer or {})
@@ -86,8 +99,10 @@ class ParallelDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.train_sampler: TokenBatchSampler | None = None
         self.built_cache = False  # whether setup() trained sentencepiece (cache miss)
-        self._data: Binarized | None = None
-        self._texts: dict[str, ParallelText] = {}
+        self._entry: Binarized | None = None  # the train split's cache entry
+        self._inputs: dict[str, PairSource] | None = None
+        self._texts: dict[str, ParallelText] = {}  # the evaluation splits, raw
+        self._splits: dict[str, EncodedDataset] | None = None  # every split, encoded (train: memory-mapped)
         self._rank, self._world = 0, 1
 
     @staticmethod
@@ -95,7 +110,7 @@ class ParallelDataModule(L.LightningDataModule):
         default_src, default_tgt = DEFAULT_LANGS.get(corpus, (None, None))
         src_lang, tgt_lang = src_lang or default_src, tgt_lang or default_tgt
         if src_lang is None or tgt_lang is None:
-            raise DataError("data.src_lang and data.tgt_lang are required for corpus=files")
+            raise DataError(f"data.src_lang and data.tgt_lang are required for corpus={corpus}")
         if src_lang == tgt_lang:
             raise DataError(f"source and target language are both {src_lang!r}")
         if corpus == "sample" and {src_lang, tgt_lang} != set(SAMPLE_LANGS):
@@ -122,23 +137,36 @@ class ParallelDataModule(L.LightningDataModule):
         multi30k.ensure_files(self.root, names.values(), (self.src_lang, self.tgt_lang), self.base_url)
         return {split: self.root / name for split, name in names.items()}
 
-    def _file_prefixes(self) -> dict[str, Path]:
+    def _configured(self) -> dict[str, str]:
+        """Split name -> the configured path, prefix or split name (train required)."""
         if self.split_names["train"] is None:
-            raise DataError("data.train is required (prefix of the training files)")
-        return {name: Path(p) for name, p in self.split_names.items() if p is not None}
+            raise DataError("data.train is required (the training split)")
+        return {name: p for name, p in self.split_names.items() if p is not None} | self.extra_tests
 
-    def _prefixes(self) -> dict[str, Path]:
-        """Split name -> file prefix; generates or downloads the corpus files when needed."""
-        if self.corpus == "multi30k":
-            return self._multi30k_prefixes()
-        prefixes = self._sample_prefixes() if self.corpus == "sample" else self._file_prefixes()
-        return prefixes | {name: Path(p) for name, p in self.extra_tests.items()}
+    def _sources(self) -> dict[str, PairSource]:
+        """Split name -> its input; generates or downloads the corpus files when needed (once)."""
+        if self._inputs is None:
+            langs = (self.src_lang, self.tgt_lang)
+            if self.corpus == "tsv":
+                self._inputs = {name: TsvFile(p) for name, p in self._configured().items()}
+            elif self.corpus == "hf":
+                self._inputs = {name: HFSplit(self.hf_name, self.hf_config, split, *langs)
+                                for name, split in self._configured().items()}
+            else:
+                if self.corpus == "multi30k":
+                    prefixes = self._multi30k_prefixes()
+                elif self.corpus == "sample":
+                    prefixes = self._sample_prefixes() | {n: Path(p) for n, p in self.extra_tests.items()}
+                else:
+                    prefixes = {name: Path(p) for name, p in self._configured().items()}
+                self._inputs = {name: TextPair.from_prefix(prefix, *langs) for name, prefix in prefixes.items()}
+        return self._inputs
 
     # ------------------------------------------------------------------ Lightning hooks
 
     def prepare_data(self) -> None:
-        """Generate (sample) or download (multi30k) the corpus files; no-op for files."""
-        self._prefixes()
+        """Generate (sample) or download (multi30k) the corpus files; no-op for the others."""
+        self._sources()
 
     def setup(self, stage: str | None = None) -> None:
         """Validate every split and build or load the cache (once); create this rank's train sampler.
@@ -146,11 +174,11 @@ class ParallelDataModule(L.LightningDataModule):
         May be called before a Trainer exists (to learn the vocabulary sizes) and again by the Trainer:
         the sampler is recreated only when the rank or world size changed.
         """
-        if self._data is None:
+        if self._splits is None:
             self._load()
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        if "train" not in self._data.splits:  # set up by setup_eval: test sets only
+        if "train" not in self._splits:  # set up by setup_eval: test sets only
             self._rank, self._world = rank, world
             return
         if self.train_sampler is None or (rank, world) != (self._rank, self._world):
@@ -160,35 +188,38 @@ class ParallelDataModule(L.LightningDataModule):
                 train.src_lengths(), train.tgt_lengths(), self.max_tokens, shuffle=True, even=True,
                 num_replicas=world, rank=rank, seed=self.seed)
 
+    def _encode_eval(self) -> dict[str, EncodedDataset]:
+        """The evaluation splits read into ``_texts``, encoded with ``self.tokenizer`` (in memory)."""
+        encode_src, encode_tgt = self.tokenizer.encode_src, self.tokenizer.encode_tgt
+        return {name: EncodedDataset.from_lists(encode_src(text.src), encode_tgt(text.tgt))
+                for name, text in self._texts.items()}
+
     def setup_eval(self, tokenizer: Tokenizer) -> None:
         """Read and validate the test sets only and encode them with ``tokenizer`` (a checkpoint's), so a
         trained model can be scored on any corpus; no sentencepiece training, no cache."""
-        prefixes = {name: p for name, p in self._prefixes().items() if name == "test" or name in self.extra_tests}
-        if not prefixes:
+        names = [name for name in self._sources() if name == "test" or name in self.extra_tests]
+        if not names:
             raise DataError("no test set configured (data.test or data.extra_tests)")
-        self._texts = {name: read_parallel(prefix, self.src_lang, self.tgt_lang) for name, prefix in prefixes.items()}
-        splits = {name: EncodedDataset.from_lists(tokenizer.encode_src(text.src), tokenizer.encode_tgt(text.tgt))
-                  for name, text in self._texts.items()}
         self.tokenizer = tokenizer
-        self._data = Binarized(Path(), tokenizer, splits, np.arange(0), {"drop_counts": {}})
+        self._texts = {name: read_all(self._sources()[name]) for name in names}
+        self._splits = self._encode_eval()
 
     def _load(self) -> None:
-        self._texts = {name: read_parallel(prefix, self.src_lang, self.tgt_lang)
-                       for name, prefix in self._prefixes().items()}
-        self._data, self.built_cache = build_or_load(self.cache_dir, self._texts, self.tokenizer_settings,
-                                                     self.max_len)
-        self.tokenizer = self._data.tokenizer
-        drops = self.drop_counts
-        log.info("train: dropped %d empty or whitespace-only pairs and %d pairs over max_len=%d pieces, "
-                 "%d pairs left", drops["empty"], drops["too_long"], self.max_len, len(self._data.train_keep))
+        # the evaluation splits are read (validated) first, before the long preprocessing of the train split
+        self._texts = {name: read_all(source) for name, source in self._sources().items() if name != "train"}
+        self._entry, self.built_cache = build_or_load(self.cache_dir, self._sources()["train"],
+                                                      self.tokenizer_settings, self.max_len, self.preprocess_workers)
+        self.tokenizer = self._entry.tokenizer
+        self._splits = {"train": self._entry.train, **self._encode_eval()}
+        log.info(report(self._entry.meta, self.max_len))
 
     def dataset(self, name: str) -> EncodedDataset:
-        """The encoded split ``name`` (train, val, test or an extra test name)."""
-        if self._data is None:
+        """The encoded split ``name`` (train: memory-mapped; val, test or an extra test name: in memory)."""
+        if self._splits is None:
             raise RuntimeError("call setup() first")
-        if name not in self._data.splits:
-            raise DataError(f"no {name!r} split; available: {', '.join(self._data.splits)}")
-        return self._data.splits[name]
+        if name not in self._splits:
+            raise DataError(f"no {name!r} split; available: {', '.join(self._splits)}")
+        return self._splits[name]
 
     def _eval_loader(self, name: str) -> DataLoader:
         dataset = self.dataset(name)
@@ -219,9 +250,9 @@ class ParallelDataModule(L.LightningDataModule):
     @property
     def drop_counts(self) -> dict[str, int]:
         """Train pairs dropped: ``empty`` (a side empty/whitespace-only), ``too_long`` (> max_len pieces)."""
-        if self._data is None:
+        if self._entry is None:
             raise RuntimeError("call setup() first")
-        return dict(self._data.meta["drop_counts"])
+        return dict(self._entry.meta["drop_counts"])
 
     @property
     def padding_fraction(self) -> float:
@@ -232,17 +263,22 @@ class ParallelDataModule(L.LightningDataModule):
 
     def _raw(self, name: str, side: str) -> list[str]:
         self.dataset(name)  # raises for an unknown split
-        lines = getattr(self._texts[name], side)
-        if name == "train":
-            return [lines[i] for i in self._data.train_keep.tolist()]
-        return list(lines)
+        if name != "train":
+            return list(getattr(self._texts[name], side))
+        rows, lines = self._entry.train.rows(), []  # the train split is read again from its input
+        for chunk in self._sources()["train"].chunks():
+            first, end = np.searchsorted(rows, [chunk.start, chunk.start + len(chunk.src)])
+            chunk_lines = getattr(chunk, side)
+            lines += [chunk_lines[row - chunk.start] for row in rows[first:end].tolist()]
+        return lines
 
     def sources(self, name: str) -> list[str]:
-        """Raw source sentences of a split, aligned with the examples' ``ids`` (train: after cleaning)."""
+        """Raw source sentences of a split, aligned with the examples' ``ids`` (train: after cleaning, read
+        from the input again, so for a large corpus a large list)."""
         return self._raw(name, "src")
 
     def references(self, name: str) -> list[str]:
-        """Raw target sentences of a split, aligned with the examples' ``ids`` (train: after cleaning)."""
+        """Raw target sentences of a split, aligned with the examples' ``ids`` (train: as ``sources``)."""
         return self._raw(name, "tgt")
 
     def encode_source_lines(self, lines: Sequence[str]) -> EncodedDataset:

@@ -1,4 +1,8 @@
-"""Encoded parallel data held as flat id arrays plus offsets (compact, fast to save and load)."""
+"""Encoded parallel data held as flat id arrays plus offsets: ``Example`` and the in-memory ``EncodedDataset``.
+
+The train split lives on disk in the same layout (``indexed.IndexedDataset``, memory-mapped); validation and test
+sets, and text to translate, are small and stay in memory.
+"""
 
 from __future__ import annotations
 
@@ -26,16 +30,23 @@ def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, offsets
 
 
+def lengths(offsets: np.ndarray) -> np.ndarray:
+    """Offsets (N + 1,) -> lengths (N,) int32, without an int64 temporary of N (for memory-mapped indices)."""
+    out = np.empty(max(len(offsets) - 1, 0), np.int32)
+    return np.subtract(offsets[1:], offsets[:-1], out=out, casting="unsafe")
+
+
 class EncodedDataset:
     """Map-style dataset of ``Example`` for a torch DataLoader; item ``i`` has ``id == i``.
 
+    Example ``i`` has source ids ``src_ids[src_offsets[i]:src_offsets[i + 1]]`` (and likewise the target).
     (Plain class, not a ``torch.utils.data.Dataset`` subclass, so the cache does not import torch.)
     """
 
     def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        """``arrays``: ``src_ids``, ``src_offsets`` and optionally ``tgt_ids``, ``tgt_offsets``."""
-        self.src_ids, self.src_offsets = arrays["src_ids"], arrays["src_offsets"]
-        self.tgt_ids, self.tgt_offsets = arrays.get("tgt_ids"), arrays.get("tgt_offsets")
+        """``arrays``: ``src_ids`` (N_tokens,), ``src_offsets`` (N + 1,) and optionally ``tgt_ids``,
+        ``tgt_offsets``."""
+        self._data: dict[str, np.ndarray] | None = arrays
 
     @classmethod
     def from_lists(cls, src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]] | None) -> EncodedDataset:
@@ -46,28 +57,28 @@ class EncodedDataset:
         return cls(arrays)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays to save (inverse of the constructor)."""
-        arrays = {"src_ids": self.src_ids, "src_offsets": self.src_offsets}
-        if self.tgt_ids is not None:
-            arrays |= {"tgt_ids": self.tgt_ids, "tgt_offsets": self.tgt_offsets}
-        return arrays
+        """``src_ids``, ``src_offsets`` and, with a target, ``tgt_ids``, ``tgt_offsets``."""
+        return self._data
 
     @property
     def has_target(self) -> bool:
-        return self.tgt_ids is not None
+        return "tgt_ids" in self.arrays()
 
     def src_lengths(self) -> np.ndarray:
-        """(N,) number of source pieces per example (EOS not included)."""
-        return np.diff(self.src_offsets)
+        """(N,) int32 number of source pieces per example (EOS not included)."""
+        return lengths(self.arrays()["src_offsets"])
 
     def tgt_lengths(self) -> np.ndarray | None:
-        """(N,) number of target pieces per example (BOS/EOS not included), None without target."""
-        return None if self.tgt_offsets is None else np.diff(self.tgt_offsets)
+        """(N,) int32 number of target pieces per example (BOS/EOS not included), None without target."""
+        offsets = self.arrays().get("tgt_offsets")
+        return None if offsets is None else lengths(offsets)
 
     def __len__(self) -> int:
-        return len(self.src_offsets) - 1
+        return len(self.arrays()["src_offsets"]) - 1
 
     def __getitem__(self, i: int) -> Example:
-        src = self.src_ids[self.src_offsets[i]:self.src_offsets[i + 1]]
-        tgt = None if self.tgt_ids is None else self.tgt_ids[self.tgt_offsets[i]:self.tgt_offsets[i + 1]]
+        a = self.arrays()
+        src_offsets, tgt_offsets = a["src_offsets"], a.get("tgt_offsets")
+        src = a["src_ids"][src_offsets[i]:src_offsets[i + 1]]
+        tgt = None if tgt_offsets is None else a["tgt_ids"][tgt_offsets[i]:tgt_offsets[i + 1]]
         return Example(int(i), src, tgt)

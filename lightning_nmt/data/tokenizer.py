@@ -6,30 +6,40 @@ import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
 
 from lightning_nmt.data.atomic import atomic_write_bytes, atomic_write_text
+from lightning_nmt.data.encoder import Encoder, make_encoder
 from lightning_nmt.data.errors import DataError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # what str.splitlines() splits on
 MODEL_TYPES = ("unigram", "bpe")
 CONFIG_KEYS = {"type": "model_type", "vocab_size": "vocab_size", "joint": "joint",
-               "character_coverage": "character_coverage"}
+               "character_coverage": "character_coverage", "input_sentence_size": "input_sentence_size"}
+INPUT_SENTENCE_SIZE = 1_000_000
 TRAIN_SEED = 1
 STATE_VERSION = 1
 
 
 def settings_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Map the ``data.tokenizer`` config group to validated ``Tokenizer.train`` keyword arguments."""
+    """Map the ``data.tokenizer`` config group to validated settings: ``Tokenizer.train`` keyword arguments plus
+    ``input_sentence_size``, the number of sentences each sentencepiece model is trained on at most (a random
+    sample of the train split when it has more)."""
     unknown = sorted(set(cfg) - set(CONFIG_KEYS))
     if unknown:
         raise DataError(f"unknown tokenizer option(s) {unknown}; valid: {sorted(CONFIG_KEYS)}")
-    defaults = {"model_type": "unigram", "vocab_size": 8000, "joint": True, "character_coverage": 1.0}
-    return check_settings(**{**defaults, **{CONFIG_KEYS[k]: v for k, v in cfg.items()}})
+    defaults = {"model_type": "unigram", "vocab_size": 8000, "joint": True, "character_coverage": 1.0,
+                "input_sentence_size": INPUT_SENTENCE_SIZE}
+    settings = {**defaults, **{CONFIG_KEYS[k]: v for k, v in cfg.items()}}
+    sample = int(settings.pop("input_sentence_size"))
+    if sample < 2:
+        raise DataError(f"tokenizer input_sentence_size must be at least 2, got {sample}")
+    return {**check_settings(**settings), "input_sentence_size": sample}
 
 
 def check_settings(
@@ -95,18 +105,19 @@ class Tokenizer:
     @classmethod
     def train(
         cls,
-        src_lines: Sequence[str],
-        tgt_lines: Sequence[str],
+        src_lines: Iterable[str],
+        tgt_lines: Iterable[str],
         *,
         model_type: str = "unigram",
         vocab_size: int = 8000,
         joint: bool = True,
         character_coverage: float = 1.0,
     ) -> Tokenizer:
-        """Train deterministically on the given sentences (joint: one model on both sides)."""
+        """Train deterministically on the given sentences (joint: one model on the source, then the target
+        sentences). The sentences are streamed to sentencepiece (which keeps its own copy)."""
         settings = check_settings(model_type, vocab_size, joint, character_coverage)
         if joint:
-            return cls(_train_model([*src_lines, *tgt_lines], settings), None, settings)
+            return cls(_train_model(chain(src_lines, tgt_lines), settings), None, settings)
         return cls(_train_model(src_lines, settings), _train_model(tgt_lines, settings), settings)
 
     @property
@@ -124,6 +135,13 @@ class Tokenizer:
     def encode_tgt(self, lines: Sequence[str]) -> list[list[int]]:
         """Target sentences -> piece ids (no BOS/EOS)."""
         return self._tgt.encode(list(lines))
+
+    def bulk_encoders(self, num_threads: int) -> tuple[Encoder, Encoder]:
+        """(source, target) encoders of whole corpora (see ``encoder``): the ids of ``encode_src`` /
+        ``encode_tgt``, flat. One object (one word cache) for a joint model."""
+        src = make_encoder(self._src, self.settings["model_type"], num_threads)
+        return src, src if self._tgt_model is None else make_encoder(self._tgt, self.settings["model_type"],
+                                                                      num_threads)
 
     def decode_tgt(self, ids_list: Iterable[Iterable[int]]) -> list[str]:
         """Target ids -> sentences; each sequence stops at its first EOS, PAD and BOS are ignored.
