@@ -1,6 +1,7 @@
 """Profile training steps of the benchmark's reference model outside Lightning (see benchmarks/README.md).
 
     python benchmarks/profile_step.py [--steps 40] [--input-feeding] [--precision 32|bf16-mixed] [--profile ROWS]
+                                      [--speedups auto|off]
 
 Uses the same data, calibrated batches and model as `run.py`, runs forward + backward + Adam in a plain
 loop (so the difference to `run.py`'s figure is the Trainer's own overhead), prints target tokens/s and
@@ -18,8 +19,8 @@ import torch
 from run import REFERENCE_MODEL, peak_rss_mb, reference_data
 from torch.profiler import ProfilerActivity, profile
 
+from lightning_nmt.kernels.cpu import tune_process
 from lightning_nmt.module import TranslationModule, _make_optimizer
-from lightning_nmt.perf import tune_memory
 
 
 def main() -> None:
@@ -31,15 +32,16 @@ def main() -> None:
     p.add_argument("--attention", default="general")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="profile --steps more steps and print the ROWS most expensive operators")
+    p.add_argument("--speedups", choices=["auto", "off"], default="auto", help="the CPU kernels (kernels/cpu.py)")
     args = p.parse_args()
-    tune_memory()
+    tune_process(args.speedups, "cpu")
     L.seed_everything(42, verbose=False)
     dm, _, _ = reference_data(args.data, ".cache/lightning_nmt", 1800)
     batches = list(itertools.islice(iter(dm.train_dataloader()), 20 + (2 if args.profile else 1) * args.steps))
     model = {**REFERENCE_MODEL, "type": "attention", "attention": args.attention, "input_feeding": args.input_feeding}
     module = TranslationModule(model=model, src_vocab_size=dm.tokenizer.src_vocab_size,
                                tgt_vocab_size=dm.tokenizer.tgt_vocab_size, optim={}, scheduler={}, decoding={},
-                               label_smoothing=0.0)
+                               label_smoothing=0.0, speedups=args.speedups)
     module.train()
     opt = _make_optimizer(module.parameters(), {"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0})
     bf16 = args.precision == "bf16-mixed"

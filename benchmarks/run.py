@@ -37,9 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.batching import collate
-from lightning_nmt.models.base import packable_dtypes
+from lightning_nmt.kernels.cpu import packable_dtypes, tune_process
 from lightning_nmt.module import TranslationModule
-from lightning_nmt.perf import tune_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 JOEY = ROOT.parent / "shared" / "bench" / "peers" / "joey_rnn.sh"
@@ -321,7 +320,7 @@ def run_joey(steps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    tune_memory()
+    tune_process("auto", "cpu")
     if not Path(args.data, "train.en.gz").is_file():
         sys.exit(f"error: Multi30k not found in {args.data} (pass --data DIR or set MULTI30K_ROOT)")
     args.decode_precision = args.decode_precision or args.precision

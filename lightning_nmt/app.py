@@ -29,10 +29,10 @@ from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
 from lightning_nmt.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, WriteError, is_write_error
+from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.models import model_keys
 from lightning_nmt.models.search import DecodingConfig
 from lightning_nmt.module import TranslationModule, read_checkpoint
-from lightning_nmt.perf import tune_memory
 from lightning_nmt.resume import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -57,8 +57,10 @@ def to_dict(node: Any) -> Any:
 
 
 def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run an entry point; a user error is one line on stderr and exit status 2, not a traceback."""
-    tune_memory()
+    """Run an entry point; a user error is one line on stderr and exit status 2, not a traceback. With
+    `speedups=auto` on the CPU, the process settings of the CPU kernels are applied first."""
+    accelerator = cfg.trainer.accelerator if "trainer" in cfg else cfg.get("accelerator", "cpu")
+    cpu_kernels.tune_process(cfg.get("speedups", "auto"), accelerator)
     try:
         return fn(cfg)
     except UserError as err:
@@ -113,6 +115,7 @@ def build_module(cfg: DictConfig, datamodule: ParallelDataModule) -> Translation
         num_heatmaps=cfg.callbacks.num_heatmaps,
         data=to_dict(cfg.data),
         tokenizer=tokenizer,
+        speedups=cpu_kernels.setting(cfg.get("speedups", "auto")),
     )
 
 

@@ -59,6 +59,13 @@ class Resume(str, Enum):
     auto = "auto"
 
 
+class Speedups(str, Enum):
+    """The CPU kernels (`lightning_nmt.kernels.cpu`): `auto` on for CPU runs, `off` the plain models."""
+
+    auto = "auto"
+    off = "off"
+
+
 @dataclass
 class TokenizerConfig:
     type: TokenizerType = TokenizerType.unigram
@@ -215,6 +222,7 @@ class TrainConfig:
     ckpt_path: str | None = None
     test_after_training: bool = True
     average_checkpoints: int = 0  # k > 0: after fit, average the best k checkpoints and test that model instead
+    speedups: Speedups = Speedups.auto  # auto: the CPU kernels with trainer.accelerator=cpu; off: plain PyTorch
 
 
 @dataclass
@@ -228,6 +236,7 @@ class EvalConfig:
     length_buckets: int = 3  # also report BLEU of the shortest ... longest third of the sources
     max_input_len: int | None = None  # None: the checkpoint's decoding.max_input_len or training data.max_len
     accelerator: str = "cpu"
+    speedups: Speedups = Speedups.auto  # auto: the CPU kernels with accelerator=cpu; off: plain PyTorch
     paths: PathsConfig = field(default_factory=PathsConfig)
     task_name: str = "eval"
 
@@ -246,6 +255,7 @@ class TranslateConfig:
     chunk_tokens: int = 50000  # ... or this many words, whichever comes first (or when the input pauses)
     max_input_len: int | None = None  # None: the checkpoint's decoding.max_input_len or training data.max_len
     accelerator: str = "cpu"
+    speedups: Speedups = Speedups.auto  # auto: the CPU kernels with accelerator=cpu; off: plain PyTorch
 
 
 def register_configs() -> None:

@@ -14,6 +14,7 @@ from lightning_nmt.app import decoding_overrides, inference_device, run_cli, to_
 from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.metrics import bleu, bleu_tok_lc, chrf
 from lightning_nmt.module import TranslationModule
 
@@ -29,6 +30,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     device = inference_device(cfg.accelerator)
     module = TranslationModule.load(cfg.ckpt_path)
+    cpu_kernels.apply(module.model, cfg.speedups)  # the command line's speedups, not the checkpoint's
     module.decoding = decoding_overrides(module.decoding, cfg)
     data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(module.hparams.data)
     data_cfg["eval_max_tokens"] = cfg.batch_max_tokens

@@ -24,6 +24,7 @@ from torchmetrics import SumMetric
 from lightning_nmt import metrics
 from lightning_nmt.data.tokenizer import PAD_ID, Tokenizer
 from lightning_nmt.errors import CheckpointError, TrainingDiverged
+from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.models import build_model, segments
 from lightning_nmt.models.search import DecodingConfig, SearchResult, search
 
@@ -84,10 +85,12 @@ class TranslationModule(L.LightningModule):
         num_heatmaps: int = 4,
         data: dict[str, Any] | None = None,
         tokenizer: Tokenizer | None = None,
+        speedups: str = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
-        self.model = build_model(model, src_vocab_size, tgt_vocab_size)
+        # speedups (auto|off): the CPU kernels of lightning_nmt/kernels/cpu.py swapped in, or the plain model
+        self.model = cpu_kernels.apply(build_model(model, src_vocab_size, tgt_vocab_size), speedups)
         self.decoding = DecodingConfig.from_dict(decoding)  # eval and translate may replace fields
         self.tokenizer = tokenizer
         self.val_metrics = EvalMetrics()
@@ -196,7 +199,8 @@ class TranslationModule(L.LightningModule):
         decoding = self.decoding if beam_size is None else replace(self.decoding, beam_size=beam_size)
 
         def run(rows: torch.Tensor, lengths: torch.Tensor) -> SearchResult:
-            return search(self.model, rows, lengths, decoding, nbest)
+            with cpu_kernels.decoding(self.model) as topk:  # with speedups=auto on the CPU: packed weights, top-k
+                return search(self.model, rows, lengths, decoding, nbest, topk)
 
         return segments.bounded(run, src, src_lengths, self.max_input_len, self._boundaries())
 

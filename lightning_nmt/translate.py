@@ -31,6 +31,7 @@ from lightning_nmt.data.atomic import atomic_path
 from lightning_nmt.data.batching import collate
 from lightning_nmt.data.dataset import Example
 from lightning_nmt.data.errors import DataError
+from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.module import TranslationModule
 from lightning_nmt.plotting import plot_attention
 
@@ -122,11 +123,15 @@ class Translator:
         module.decoding = replace(module.decoding, **{k: v for k, v in decoding.items() if v is not None})
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **settings: Any) -> Translator:
-        """Load `path` (`TranslationModule.load`) onto `device` (`cpu`, `gpu`/`cuda`, `auto`); `settings` are
-        the constructor's keywords."""
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", speedups: str | None = None,
+                        **settings: Any) -> Translator:
+        """Load `path` (`TranslationModule.load`) onto `device` (`cpu`, `gpu`/`cuda`, `auto`); `speedups`
+        (`auto`/`off`) replaces the checkpoint's; `settings` are the constructor's keywords."""
         target = inference_device(device)
-        return cls(TranslationModule.load(path, map_location=target), **settings)
+        module = TranslationModule.load(path, map_location=target)
+        if speedups is not None:
+            cpu_kernels.apply(module.model, speedups)
+        return cls(module, **settings)
 
     def translate(self, lines: Sequence[str]) -> list[str]:
         """The best translation of each line."""
@@ -208,9 +213,9 @@ def _open_output(path: str) -> Iterator[IO[str]]:
 
 
 def translate(cfg: DictConfig) -> None:
-    translator = Translator.from_checkpoint(cfg.ckpt_path, cfg.accelerator, max_tokens=cfg.batch_max_tokens,
-                                            beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
-                                            max_input_len=cfg.max_input_len)
+    translator = Translator.from_checkpoint(cfg.ckpt_path, cfg.accelerator, speedups=cfg.speedups,
+                                            max_tokens=cfg.batch_max_tokens, beam_size=cfg.beam_size,
+                                            length_penalty=cfg.length_penalty, max_input_len=cfg.max_input_len)
     if cfg.input == "-":
         lines, name = stdin_lines(sys.stdin.fileno()), "standard input"
     else:

@@ -6,13 +6,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch import nn
-from torch.profiler import profile
 
 from lightning_nmt.config import ModelConfig, ModelType
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lightning_nmt.models import Seq2Seq, build_model
-from lightning_nmt.models.base import Dropout, Linear, packable_dtypes
 from lightning_nmt.models.rnn import BasicDecoder
 from lightning_nmt.models.transformer import TransformerSeq2Seq
 
@@ -139,65 +136,3 @@ def test_tied_embeddings_share_the_weight(overrides, projected):
     hidden, _ = model(b["src"], b["src_lengths"], b["tgt_in"])
     model.project(hidden).sum().backward()
     assert embedding.weight.grad is not None and embedding.weight.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("p", [0.2, 0.5])
-def test_dropout_zeroes_a_fraction_p_and_keeps_the_expectation(p):
-    torch.manual_seed(0)
-    drop = Dropout(p)
-    x = torch.ones(400, 500, requires_grad=True)
-    y = drop(x)
-    kept = y.ne(0)
-    assert abs(1 - kept.float().mean().item() - p) < 0.01
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
-    y.sum().backward()  # the gradient flows through the kept units only, scaled the same way
-    assert torch.equal(x.grad, y.detach())
-    drop.eval()
-    assert drop(x) is x
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dropout_mask_bits_are_unbiased_in_every_lane(dtype):
-    """Four mask elements come from one 64-bit draw: each of the four 16-bit lanes (and an odd-sized
-    tensor's tail) keeps a fraction 1 - p, and the output keeps the input's dtype."""
-    torch.manual_seed(1)
-    y = Dropout(0.5)(torch.ones(1001, 403, dtype=dtype))  # 403,403 elements: not a multiple of 4
-    assert y.dtype == dtype
-    kept = y.ne(0).flatten().float()
-    for lane in range(4):
-        assert abs(kept[lane::4].mean().item() - 0.5) < 0.01
-    assert not torch.equal(Dropout(0.5)(torch.ones(64)), Dropout(0.5)(torch.ones(64)))
-
-
-def test_dropout_of_one_zeroes_everything():
-    assert Dropout(1.0)(torch.ones(3, 4)).abs().sum() == 0
-
-
-@pytest.mark.skipif(torch.bfloat16 not in packable_dtypes(), reason="no bf16 oneDNN matmul on this CPU")
-@pytest.mark.parametrize("bias", [True, False])
-def test_linear_trains_bf16_through_onednn_on_many_rows_with_the_same_values_and_gradients(bias):
-    """Under bf16 autocast, on at least `Linear.PACK_ROWS` rows (the whole target through the output layer),
-    training runs oneDNN's packed matmul; outputs and the gradients of input, weight and bias are those of
-    `nn.Linear`. Few rows (a step-by-step decoder) and fp32 stay on `F.linear`."""
-    torch.manual_seed(0)
-    layer, plain = Linear(24, 40, bias=bias), nn.Linear(24, 40, bias=bias)
-    plain.load_state_dict(layer.state_dict())
-    x = torch.randn(3, Linear.PACK_ROWS // 3 + 1, 24)  # (..., in)
-    grad = torch.randn(3, Linear.PACK_ROWS // 3 + 1, 40)
-
-    def run(module: nn.Module, inputs: torch.Tensor, bf16: bool = True) -> tuple[list[str], torch.Tensor, list]:
-        inputs = inputs.clone().requires_grad_()
-        with profile() as prof, torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            out = module(inputs)
-        (out.float() * grad[:, : inputs.size(1)]).sum().backward()
-        grads = [inputs.grad, *(p.grad for p in module.parameters())]
-        return [e.name for e in prof.events()], out, grads
-
-    ops, out, grads = run(layer, x)
-    _, want_out, want_grads = run(plain, x)
-    assert "mkldnn::_linear_pointwise" in ops and out.dtype == want_out.dtype == torch.bfloat16
-    torch.testing.assert_close(out, want_out, atol=2e-2, rtol=2e-2)
-    for got, want in zip(grads, want_grads, strict=True):
-        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
-    assert "mkldnn::_linear_pointwise" not in run(layer, x[:, :2])[0]
-    assert "mkldnn::_linear_pointwise" not in run(layer, x, bf16=False)[0]

@@ -4,12 +4,11 @@ import math
 
 import pytest
 import torch
-from torch.profiler import profile
 
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID
 from lightning_nmt.models import EncoderOutput, Seq2Seq, search
-from lightning_nmt.models.base import Linear, length_mask, packed_linears
-from lightning_nmt.models.search import DecodingConfig, _row_top, beam_search, greedy
+from lightning_nmt.models.base import length_mask
+from lightning_nmt.models.search import DecodingConfig, beam_search, greedy
 from tests.test_models_build import MODEL_KINDS, make_batch, random_batch, small_model
 
 A, B = 4, 5  # the stub's two words
@@ -227,66 +226,3 @@ def test_nbest_must_not_exceed_beam():
     b = make_batch([[4]])
     with pytest.raises(ValueError, match="nbest"):
         search(BigramStub(), b["src"], b["src_lengths"], beam_size=2, nbest=3)
-
-
-@pytest.mark.parametrize("beam_size", [1, 3])
-def test_bf16_weights_are_cast_once_per_search_even_in_inference_mode(beam_size):
-    """Autocast keeps its bf16 copy of each weight only outside inference mode, where Lightning evaluates:
-    the output layer's weight must be cast once per search, not at every step (results unchanged)."""
-    model = small_model(tgt_vocab=37)  # output weight (37, 20): a shape no activation has
-    batch = random_batch(4, size=7)
-    results = []
-    for mode in (torch.inference_mode, torch.no_grad):
-        with mode(), torch.autocast("cpu", torch.bfloat16), profile(record_shapes=True) as prof:
-            results.append(search(model, batch["src"], batch["src_lengths"], beam_size=beam_size))
-        weight_casts = [e for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [[37, 20]]]
-        assert len(weight_casts) == 1
-    assert results[0].tokens == results[1].tokens
-    torch.testing.assert_close(results[0].scores, results[1].scores)
-
-
-@pytest.mark.parametrize("precision", ["32", "bf16"])
-@pytest.mark.parametrize("kind", list(MODEL_KINDS))
-def test_packed_linears_give_the_same_steps_and_leave_no_trace(kind, precision):
-    """Inside `packed_linears` (as in every search) the linear layers run oneDNN's packed matmul: the same
-    logits as the plain layers; with gradients on they take the training path (gradients flow); on leaving,
-    no packed weight is kept (it would go stale when the weights change)."""
-    model = small_model(**MODEL_KINDS[kind])
-    batch = random_batch(8, size=3)
-    tokens = torch.randint(4, 20, (3,), generator=torch.Generator().manual_seed(2))
-
-    def step_logits():
-        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
-            enc = model.encode(batch["src"], batch["src_lengths"])
-            return model.decode_step(tokens, enc, model.init_state(enc))[0].float()
-
-    with torch.no_grad():
-        plain = step_logits()
-        with packed_linears(model), profile() as prof:
-            packed = step_logits()
-    assert any(e.name == "mkldnn::_linear_pointwise" for e in prof.events())
-    tolerance = 1e-5 if precision == "32" else 2e-2
-    torch.testing.assert_close(packed, plain, atol=tolerance, rtol=tolerance)
-    assert all(m.packed is None for m in model.modules() if isinstance(m, Linear))
-    with packed_linears(model):
-        step_logits().sum().backward()
-    assert model.output.weight.grad is not None and model.output.weight.grad.abs().sum() > 0
-
-
-@pytest.mark.parametrize("width", [8000, 8001, 8063, 700, 640, 100])
-def test_two_level_top_k_finds_each_rows_best(width):
-    """Every row's k best values and their columns, as `topk` finds them: with the best values bunched in
-    one block, spread over many, or with a row that may only end (all -inf but EOS)."""
-    g = torch.Generator().manual_seed(width)
-    x = torch.randn(6, width, generator=g).log_softmax(-1)
-    x[1, 64:74] += 20.0  # the 10 best in one block
-    x[4, -5:] += 20.0  # the 5 best in the last columns (beyond the whole blocks when width % 64 > 0)
-    x[2, torch.randperm(width, generator=g)[:10]] += 20.0  # in 10 blocks
-    x[3] = float("-inf")
-    x[3, EOS_ID] = -1.5
-    values, columns = _row_top(x, 10)
-    want_values, want_columns = x.topk(10, dim=1)
-    torch.testing.assert_close(values, want_values)
-    assert torch.equal(columns[[0, 1, 2, 4, 5]], want_columns[[0, 1, 2, 4, 5]])
-    assert columns[3, 0] == EOS_ID
-    assert torch.equal(x.gather(1, columns), values)

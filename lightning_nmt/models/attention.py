@@ -14,7 +14,7 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-from lightning_nmt.models.base import Linear, lookup, per_hypothesis, per_sentence
+from lightning_nmt.models.base import lookup, per_hypothesis, per_sentence
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -40,11 +40,8 @@ class Attention(nn.Module):
         """query (R, T, Hq), keys (B, S, K), values (B, S, Hv), mask (B, S) -> context (R, T, Hv),
         weights (R, T, S); R = r * B: r hypotheses per sentence, grouped by sentence."""
         rows, batch = query.size(0), keys.size(0)
-        # (2) score the decoder state against every encoder state
-        scores = self.score(per_sentence(query, batch), keys)
-        # (3) softmax over the source positions (padding masked out)
-        weights = masked_softmax(scores, mask)
-        # (4) weighted sum of the encoder states
+        scores = self.score(per_sentence(query, batch), keys)  # the r query rows of a sentence read its keys once
+        weights = masked_softmax(scores, mask)  # over the source positions, padding masked
         return per_hypothesis(torch.bmm(weights, values), rows), per_hypothesis(weights, rows)
 
 
@@ -58,7 +55,7 @@ class DotAttention(Attention):
     def __init__(self, query_size: int, key_size: int) -> None:
         super().__init__()
         self.query_proj = (
-            nn.Identity() if query_size == key_size else Linear(query_size, key_size, bias=False)
+            nn.Identity() if query_size == key_size else nn.Linear(query_size, key_size, bias=False)
         )
 
     def score(self, query: Tensor, keys: Tensor) -> Tensor:
@@ -81,7 +78,7 @@ class GeneralAttention(Attention):
 
     def __init__(self, query_size: int, key_size: int) -> None:
         super().__init__()
-        self.key_proj = Linear(key_size, query_size, bias=False)
+        self.key_proj = nn.Linear(key_size, query_size, bias=False)
 
     def precompute_keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, Hk) -> W s (B, S, Hq)."""
@@ -97,9 +94,9 @@ class ConcatAttention(Attention):
 
     def __init__(self, query_size: int, key_size: int) -> None:
         super().__init__()
-        self.query_proj = Linear(query_size, query_size, bias=False)
-        self.key_proj = Linear(key_size, query_size, bias=False)
-        self.v = Linear(query_size, 1, bias=False)
+        self.query_proj = nn.Linear(query_size, query_size, bias=False)
+        self.key_proj = nn.Linear(key_size, query_size, bias=False)
+        self.v = nn.Linear(query_size, 1, bias=False)
 
     def precompute_keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, Hk) -> W_k s (B, S, Hq)."""

@@ -12,17 +12,16 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_nmt.data.tokenizer import PAD_ID
-from lightning_nmt.models.attention import AttentionScore, build_attention
+from lightning_nmt.models.attention import AttentionScore, build_attention, masked_softmax
 from lightning_nmt.models.base import (
-    Dropout,
     EncoderOutput,
-    Linear,
     ModelOptions,
     Seq2Seq,
     length_mask,
     lookup,
     output_layer,
     per_hypothesis,
+    per_sentence,
     register_model,
 )
 
@@ -73,7 +72,7 @@ class RNNEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.rnn = build_rnn(rnn_type, embedding_dim, hidden_size, num_layers, dropout, bidirectional)
         self.output_size = hidden_size * (2 if bidirectional else 1)
 
@@ -93,12 +92,12 @@ class RNNEncoder(nn.Module):
 
 
 class RNNDecoder(nn.Module):
-    """What both recurrent decoders share: target embeddings, the bridge from the encoder's final
-    state to the initial state, the RNN, and the output features tanh(W_c [h_t; c_t]).
+    """What both recurrent decoders have: target embeddings, the bridge from the encoder's summary of the
+    source to the initial state, the RNN, and W_c of the output features. Each decoder's `steps` says how
+    it reads target words.
 
-    Subclasses say what the RNN reads besides the embedding (`_rnn_input`) and where the context
-    c_t comes from (`_context`). Without input feeding the whole teacher-forced target goes through
-    the RNN in one call; with it, step by step (`_step`, also used for decoding).
+    Teacher forcing runs the whole target through `steps` in one call, or one word at a time when the RNN
+    reads its previous output (input feeding); decoding reads one word at a time (`step`).
     """
 
     def __init__(
@@ -111,15 +110,15 @@ class RNNDecoder(nn.Module):
         encoder_size: int,
         dropout: float,
         *,
-        extra_input_size: int,
+        rnn_input_size: int,
         input_feeding: bool,
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
-        self.dropout = Dropout(dropout)
-        self.bridge = Linear(encoder_size, hidden_size)
-        self.rnn = build_rnn(rnn_type, embedding_dim + extra_input_size, hidden_size, num_layers, dropout)
-        self.combine = Linear(hidden_size + encoder_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.bridge = nn.Linear(encoder_size, hidden_size)
+        self.rnn = build_rnn(rnn_type, rnn_input_size, hidden_size, num_layers, dropout)
+        self.combine = nn.Linear(hidden_size + encoder_size, hidden_size)
         self.input_feeding = input_feeding
         self.output_size = hidden_size
 
@@ -127,12 +126,11 @@ class RNNDecoder(nn.Module):
         """memory (B, S, H) -> attention keys (B, S, K), or None without attention."""
         return None
 
-    def _rnn_input(self, emb: Tensor, enc: EncoderOutput, feed: Tensor | None) -> Tensor:
-        """emb (B, T, E), feed (B, 1, D) or None -> RNN input (B, T, E + extra_input_size)."""
-        raise NotImplementedError
-
-    def _context(self, rnn_out: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
-        """rnn_out (B, T, H) -> context (B, T, H_enc), attention weights (B, T, S) or None."""
+    def steps(
+        self, emb: Tensor, enc: EncoderOutput, state: RNNState
+    ) -> tuple[Tensor, RNNState, Tensor | None]:
+        """Read target embeddings emb (R, T, E) -> output features (R, T, D), the state after them,
+        attention weights (R, T, S) or None. R = r * B rows, r per sentence of `enc`, grouped by sentence."""
         raise NotImplementedError
 
     def init_state(self, enc: EncoderOutput) -> RNNState:
@@ -146,51 +144,27 @@ class RNNDecoder(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Teacher forcing: tgt_in (B, T) -> features (B, T, D), attention (B, T, S) if asked and any."""
         emb = self.dropout(self.embed(tgt_in))
-        if self.input_feeding:
-            return self._stepwise(emb, enc, state, return_attention)
-        # (1) decoder states h_t of all target steps in one RNN call
-        rnn_out, _ = self.rnn(self._rnn_input(emb, enc, None), state.hidden)
-        features, weights = self._output(rnn_out, enc)
-        return features, weights if return_attention else None
-
-    def step(
-        self, tokens: Tensor, enc: EncoderOutput, state: RNNState
-    ) -> tuple[Tensor, RNNState, Tensor | None]:
-        """Read tokens (B,) -> features (B, D), new state, attention weights (B, S) or None."""
-        features, state, weights = self._step(self.dropout(self.embed(tokens.unsqueeze(1))), enc, state)
-        return features.squeeze(1), state, None if weights is None else weights.squeeze(1)
-
-    def _stepwise(
-        self, emb: Tensor, enc: EncoderOutput, state: RNNState, return_attention: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """emb (B, T, E) read one step at a time (input feeding) -> features (B, T, D), attention
-        (B, T, S) if `return_attention`."""
+        if not self.input_feeding:  # the RNN reads the target words only: all T steps at once
+            features, _, weights = self.steps(emb, enc, state)
+            return features, weights if return_attention else None
         features, weights = [], []
-        for t in range(emb.size(1)):  # repeat for every target position
-            step_features, state, step_weights = self._step(emb[:, t : t + 1], enc, state)
+        for t in range(emb.size(1)):  # the RNN reads the previous output features: one step at a time
+            step_features, state, step_weights = self.steps(emb[:, t : t + 1], enc, state)
             features.append(step_features)
             weights.append(step_weights)
         return torch.cat(features, dim=1), torch.cat(weights, dim=1) if return_attention else None
 
-    def _step(
-        self, emb: Tensor, enc: EncoderOutput, state: RNNState
+    def step(
+        self, tokens: Tensor, enc: EncoderOutput, state: RNNState
     ) -> tuple[Tensor, RNNState, Tensor | None]:
-        """emb (B, 1, E) -> features (B, 1, D), new state, attention (B, 1, S) or None."""
-        # (1) decoder state h_t
-        rnn_out, hidden = self.rnn(self._rnn_input(emb, enc, state.feed), state.hidden)
-        features, weights = self._output(rnn_out, enc)
-        return features, RNNState(hidden, features if self.input_feeding else None), weights
-
-    def _output(self, rnn_out: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
-        """rnn_out (B, T, H) -> features (B, T, D), attention (B, T, S) or None."""
-        context, weights = self._context(rnn_out, enc)
-        # (6) concatenate [h_t; c_t], (7) feed-forward layer: the attentional vector tanh(W_c [h_t; c_t])
-        return torch.tanh(self.combine(self.dropout(torch.cat([rnn_out, context], dim=-1)))), weights
+        """Read tokens (R,) -> features (R, D), new state, attention weights (R, S) or None."""
+        features, state, weights = self.steps(self.dropout(self.embed(tokens.unsqueeze(1))), enc, state)
+        return features.squeeze(1), state, None if weights is None else weights.squeeze(1)
 
 
 class BasicDecoder(RNNDecoder):
-    """Cho et al. (2014): the encoder's final state c initialises the decoder (through the bridge)
-    and is read at every step, next to the input embedding and in the output features."""
+    """Cho et al. (2014): the encoder's summary of the source c (its final states) initialises the decoder
+    (through the bridge) and is read at every step, next to the input word and in the output features."""
 
     def __init__(
         self,
@@ -210,30 +184,27 @@ class BasicDecoder(RNNDecoder):
             num_layers,
             encoder_size,
             dropout,
-            extra_input_size=encoder_size,
+            rnn_input_size=embedding_dim + encoder_size,
             input_feeding=False,
         )
 
-    @staticmethod
-    def _fixed_context(enc: EncoderOutput, like: Tensor) -> Tensor:
-        """The encoder's final state (B, H_enc) as the context of every row and step of like (R, T, *),
-        R = r * B rows grouped by sentence: (R, T, H_enc)."""
-        rows, batch = like.size(0), enc.final.size(0)
-        # a view while training (one row per sentence); a copy only when a sentence has several rows
-        final = per_hypothesis(enc.final.unsqueeze(1).expand(-1, rows // batch, -1), rows)  # (R, 1, H_enc)
-        return final.expand(-1, like.size(1), -1)
-
-    def _rnn_input(self, emb: Tensor, enc: EncoderOutput, feed: Tensor | None) -> Tensor:
-        return torch.cat([emb, self._fixed_context(enc, emb)], dim=-1)
-
-    def _context(self, rnn_out: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
-        return self._fixed_context(enc, rnn_out), None
+    def steps(self, emb: Tensor, enc: EncoderOutput, state: RNNState) -> tuple[Tensor, RNNState, None]:
+        """Decoder steps with the fixed context c (see `RNNDecoder.steps`)."""
+        rows, batch = emb.size(0), enc.final.size(0)
+        # the context c, the same at every step: a view in training, one copy per hypothesis in beam search
+        c = per_hypothesis(enc.final.unsqueeze(1).expand(-1, rows // batch, -1), rows).expand(-1, emb.size(1), -1)
+        # Cho et al. (2014), section 2.2: h_t = f(h_{t-1}, y_{t-1}, c)
+        h, hidden = self.rnn(torch.cat([emb, c], dim=-1), state.hidden)
+        # the output features tanh(W_c [h_t; c]) the next word is predicted from (Cho et al.'s g(h_t, y_{t-1}, c)
+        # without y_{t-1})
+        features = torch.tanh(self.combine(self.dropout(torch.cat([h, c], dim=-1))))
+        return features, RNNState(hidden, None), None
 
 
 class AttentionDecoder(RNNDecoder):
-    """Luong et al. (2015): the context c_t is attention over the encoder states, recomputed from
-    each decoder state h_t; with `input_feeding`, the previous attentional vector is read next to
-    the input embedding."""
+    """Luong et al. (2015), global attention: the context c_t is attention over the encoder states,
+    recomputed from each decoder state h_t; with `input_feeding`, the previous attentional vector h~_{t-1}
+    is read next to the input word."""
 
     def __init__(
         self,
@@ -255,7 +226,7 @@ class AttentionDecoder(RNNDecoder):
             num_layers,
             encoder_size,
             dropout,
-            extra_input_size=hidden_size if input_feeding else 0,
+            rnn_input_size=embedding_dim + (hidden_size if input_feeding else 0),
             input_feeding=input_feeding,
         )
         self.attention = build_attention(attention, hidden_size, encoder_size)
@@ -263,12 +234,22 @@ class AttentionDecoder(RNNDecoder):
     def precompute_keys(self, memory: Tensor) -> Tensor:
         return self.attention.precompute_keys(memory)
 
-    def _rnn_input(self, emb: Tensor, enc: EncoderOutput, feed: Tensor | None) -> Tensor:
-        return emb if feed is None else torch.cat([emb, feed], dim=-1)
-
-    def _context(self, rnn_out: Tensor, enc: EncoderOutput) -> tuple[Tensor, Tensor | None]:
-        # (2)-(4) scores, masked softmax, weighted sum (in Attention.forward): (5) the context c_t
-        return self.attention(rnn_out, enc.keys, enc.memory, enc.mask)
+    def steps(self, emb: Tensor, enc: EncoderOutput, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
+        """Decoder steps with global attention (see `RNNDecoder.steps`): T at once without input feeding."""
+        rows, batch = emb.size(0), enc.memory.size(0)
+        # the decoder state h_t; with input feeding the RNN also reads h~_{t-1} (Luong, section 3.3)
+        inputs = emb if state.feed is None else torch.cat([emb, state.feed], dim=-1)
+        h, hidden = self.rnn(inputs, state.hidden)  # (R, T, H)
+        # score(h_t, h_s) against every encoder state h_s (Luong eq. 8); the r hypotheses of a sentence are
+        # folded into its time dimension, so that they read its encoder states once
+        scores = self.attention.score(per_sentence(h, batch), enc.keys)  # (B, r * T, S)
+        # a_t(s) = softmax of the scores over the source positions, padding masked (Luong eq. 7, Bahdanau eq. 6)
+        weights = masked_softmax(scores, enc.mask)
+        # the context c_t = sum_s a_t(s) h_s (Bahdanau eq. 5)
+        context = per_hypothesis(torch.bmm(weights, enc.memory), rows)  # (R, T, H_enc)
+        # Luong eq. 5: h~_t = tanh(W_c [c_t; h_t]) (here W_c's columns read [h_t; c_t])
+        features = torch.tanh(self.combine(self.dropout(torch.cat([h, context], dim=-1))))
+        return features, RNNState(hidden, features if self.input_feeding else None), per_hypothesis(weights, rows)
 
 
 class RNNSeq2Seq(Seq2Seq):
@@ -301,7 +282,7 @@ class RNNSeq2Seq(Seq2Seq):
         self, tokens: Tensor, enc: EncoderOutput, state: RNNState
     ) -> tuple[Tensor, RNNState, Tensor | None]:
         features, state, weights = self.decoder.step(tokens, enc, state)
-        # (8) output word: logits over the target vocabulary
+        # the logits W_s h~_t of p(y_t | y_<t, x) = softmax(W_s h~_t) (Luong eq. 6)
         return self.project(features), state, weights
 
     def reorder(self, state: RNNState, index: Tensor) -> RNNState:

@@ -21,6 +21,7 @@ Its nbest best finished hypotheses are returned.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from enum import Enum
 from typing import Any
@@ -29,7 +30,15 @@ import torch
 from torch import Tensor
 
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from lightning_nmt.models.base import DecoderState, EncoderOutput, Seq2Seq, packed_linears
+from lightning_nmt.models.base import DecoderState, EncoderOutput, Seq2Seq
+
+TopK = Callable[[Tensor, int], tuple[Tensor, Tensor]]
+"""x (R, V), k -> the k largest values of each row and their columns, (R, k) each, largest first."""
+
+
+def row_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """`torch.topk` over each row of x (R, V): the `TopK` beam search uses unless given another."""
+    return x.topk(k, dim=1)
 
 
 class BeamStop(str, Enum):
@@ -161,28 +170,11 @@ def _log_probs(
     log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")
     if bool(short.any()):
         log_probs[short, EOS_ID] = float("-inf")
-    if bool(last.any()):  # rows at their length limit may only end; touching (R, V) every step cost 4%
+    if bool(last.any()):  # rows at their length limit may only end (most steps have none: (R, V) untouched)
         eos = log_probs[last, EOS_ID]
         log_probs[last] = float("-inf")
         log_probs[last, EOS_ID] = eos
     return log_probs, state, weights
-
-
-def _row_top(x: Tensor, k: int, block: int = 64) -> tuple[Tensor, Tensor]:
-    """x.topk(k, dim=1) for x (R, V), in two levels: the k blocks of `block` columns with the largest maxima
-    hold every row's k largest values (an element outside them is beaten by those k maxima), so only they
-    and the last V % block columns are searched. A step's (320 x 8,000) top-10 took 1.1 instead of 2.0 ms
-    on the CPU (benchmarks/README.md). Equal values may come in another order than topk's."""
-    rows, width = x.shape
-    whole = width // block * block
-    if whole // block <= k:
-        return x.topk(k, dim=1)
-    blocks = x[:, :whole].view(rows, -1, block)
-    best = blocks.amax(dim=2).topk(k, dim=1).indices  # (R, k) blocks
-    picked = blocks.gather(1, best.unsqueeze(2).expand(-1, -1, block)).view(rows, k * block)
-    values, at = torch.cat([picked, x[:, whole:]], dim=1).topk(k, dim=1)
-    columns = best.gather(1, (at // block).clamp(max=k - 1)) * block + at % block
-    return values, torch.where(at < k * block, columns, at - k * block + whole)
 
 
 @torch.no_grad()
@@ -222,9 +214,9 @@ def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: DecodingC
 
 @torch.no_grad()
 def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: DecodingConfig,
-                nbest: int = 1) -> SearchResult:
+                nbest: int = 1, topk: TopK = row_topk) -> SearchResult:
     """Beam search of src (B, S), src_lengths (B,) over all B x beam_size hypotheses at once; the
-    model should be in eval mode."""
+    model should be in eval mode. `topk` finds each row's best extensions."""
     batch, k = src.size(0), decoding.beam_size
     device = src.device
     enc = model.encode(src, src_lengths)
@@ -245,8 +237,8 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: Deco
         short = (min_len[active] > t + 1).repeat_interleave(width)
         log_probs, state, weights = _log_probs(model, tokens, enc, state, last.repeat_interleave(width), short)
         # the 2k best of each row first, then the 2k best of the sentence's width x 2k: the same candidates as
-        # one top-k over (n, width * V), in a third of the time on the CPU
-        row_scores, row_words = _row_top(log_probs, 2 * k)  # (n * width, 2k)
+        # one top-k over (n, width * V)
+        row_scores, row_words = topk(log_probs, 2 * k)  # (n * width, 2k)
         candidates = (beam_scores.view(-1, 1) + row_scores).view(n, width * 2 * k)
         top_scores, top = candidates.topk(2 * k, dim=1)
         rows = top // (2 * k) + torch.arange(0, n * width, width, device=device).unsqueeze(1)  # (n, 2k) extended
@@ -280,9 +272,10 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: Deco
 
 
 def search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: DecodingConfig | None = None,
-           nbest: int = 1, **overrides: Any) -> SearchResult:
+           nbest: int = 1, topk: TopK | None = None, **overrides: Any) -> SearchResult:
     """Translate src (B, S) with src_lengths (B,) as `decoding` says (`DecodingConfig()` by default; keyword
-    `overrides` replace its fields, e.g. `beam_size=1`): greedy if beam_size == 1, else beam search.
+    `overrides` replace its fields, e.g. `beam_size=1`): greedy if beam_size == 1, else beam search, whose
+    per-row top-k is `topk` (None: `torch.topk`).
 
     Returns the nbest (<= beam_size) best hypotheses of each sentence (see the module docstring for
     the rules). Call with the model in eval mode.
@@ -292,11 +285,6 @@ def search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: DecodingC
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam_size={decoding.beam_size}")
     if decoding.beam_stop not in set(BeamStop):
         raise ValueError(f"unknown beam_stop {decoding.beam_stop!r}; valid values: {', '.join(BeamStop)}")
-    # Outside inference mode (gradients stay off): there autocast casts each weight to bf16 once per search
-    # and keeps the copy; in inference mode (Lightning's evaluation loops) it casts every weight at every
-    # step, which made bf16 greedy decoding 10% slower. Every weight is read at every step, so each is packed
-    # for oneDNN once per search (`packed_linears`).
-    with torch.inference_mode(False), torch.no_grad(), packed_linears(model):
-        if decoding.beam_size == 1:
-            return greedy(model, src, src_lengths, decoding)
-        return beam_search(model, src, src_lengths, decoding, nbest)
+    if decoding.beam_size == 1:
+        return greedy(model, src, src_lengths, decoding)
+    return beam_search(model, src, src_lengths, decoding, nbest, topk or row_topk)

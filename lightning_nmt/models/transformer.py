@@ -10,9 +10,7 @@ from torch import Tensor, nn
 
 from lightning_nmt.data.tokenizer import PAD_ID
 from lightning_nmt.models.base import (
-    Dropout,
     EncoderOutput,
-    Linear,
     ModelOptions,
     Seq2Seq,
     length_mask,
@@ -49,10 +47,10 @@ class DecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.ffn = nn.Sequential(
-            Linear(d_model, ffn_dim), nn.ReLU(), Dropout(dropout), Linear(ffn_dim, d_model)
+            nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model)
         )
         self.norm_self, self.norm_cross, self.norm_ffn = (nn.LayerNorm(d_model) for _ in range(3))
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(
         self, x: Tensor, memory: Tensor, causal_mask: Tensor, memory_padding: Tensor, need_weights: bool
@@ -96,7 +94,7 @@ class TransformerSeq2Seq(Seq2Seq):
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=PAD_ID)
         self.scale = math.sqrt(d_model)
         self.positions = PositionalEncoding(d_model)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
             d_model, nhead, ffn_dim, dropout, batch_first=True, norm_first=True
         )
