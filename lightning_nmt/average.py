@@ -32,13 +32,16 @@ log = logging.getLogger("lightning_nmt")
 AVERAGED_NAME = "averaged.ckpt"
 BEST_NAME = re.compile(r"best-step(\d+)-bleu(-?\d+(?:\.\d+)?)\.ckpt")
 """`app.build_callbacks`'s ModelCheckpoint file name: `best-step{step:06d}-bleu{val/bleu:.2f}.ckpt`."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""`lnmt-average --dtype` choices."""
 KEPT_KEYS = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name", "hyper_parameters", "tokenizer")
 """What the averaged checkpoint keeps of the last input; optimizer, scheduler, loop and callback states go."""
 
 
-def average_checkpoints(paths: Sequence[Path], output: Path) -> Path:
+def average_checkpoints(paths: Sequence[Path], output: Path, dtype: torch.dtype | None = None) -> Path:
     """Write to `output` (atomically) the checkpoint whose floating-point weights are the mean of those of
-    `paths`; integer and bool buffers, `hyper_parameters` and `tokenizer` are the last checkpoint's, and
+    `paths`, stored in `dtype` (None: the inputs' dtype; bfloat16 halves the file); integer and bool buffers,
+    `hyper_parameters` and `tokenizer` are the last checkpoint's, and
     `averaged_from` lists `paths`. Checkpoints of different models, or an `output` that is a checkpoint but
     not an average (a training checkpoint), are a `CheckpointError`."""
     if not paths:
@@ -57,7 +60,8 @@ def average_checkpoints(paths: Sequence[Path], output: Path) -> Path:
             if tensor.is_floating_point():
                 sums[key] = (sums[key] + tensor.double()) if key in sums else tensor.double()
     last_state = checkpoint["state_dict"]
-    state_dict = {key: (sums[key] / len(paths)).to(t.dtype) if key in sums else t for key, t in last_state.items()}
+    state_dict = {key: (sums[key] / len(paths)).to(dtype or t.dtype) if key in sums else t
+                  for key, t in last_state.items()}
     averaged = {key: checkpoint[key] for key in KEPT_KEYS if key in checkpoint}
     averaged.update(state_dict=state_dict, averaged_from=[str(p) for p in paths])
     with atomic_path(output) as tmp, open(tmp, "wb") as f:
@@ -191,11 +195,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     choice.add_argument("--best", type=int, metavar="K", help="the K checkpoints of the highest validation BLEU")
     parser.add_argument("--output", type=Path, default=None,
                         help=f"default: <first directory>/checkpoints/{AVERAGED_NAME}, or next to the first file")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="store the weights in this dtype (default: as trained; bfloat16 halves the file, and "
+                             "the model loads in float32 with the rounded weights)")
     args = parser.parse_args(argv)
     output = args.output or _default_output(args.inputs)
     try:
         sources = _choose(args)
-        average_checkpoints(sources, output)
+        average_checkpoints(sources, output, DTYPES[args.dtype] if args.dtype else None)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

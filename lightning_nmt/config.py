@@ -234,6 +234,7 @@ class EvalConfig:
     output: str | None = None  # JSON file; default: <hydra run dir>/eval.json
     length_penalty: float | None = None  # None: the checkpoint's decoding.length_penalty
     length_buckets: int = 3  # also report BLEU of the shortest ... longest third of the sources
+    split: str = "test"  # test: the test sets (data.test, data.extra_tests); val: tune beam/length penalty there
     max_input_len: int | None = None  # None: the checkpoint's decoding.max_input_len or training data.max_len
     accelerator: str = "cpu"
     speedups: Speedups = Speedups.auto  # auto: the CPU kernels with accelerator=cpu; off: plain PyTorch

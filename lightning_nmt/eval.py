@@ -1,4 +1,5 @@
-"""`lnmt-eval ckpt_path=PATH [data=...] [beam_size=N]`: score a checkpoint on a corpus's test sets."""
+"""`lnmt-eval ckpt_path=PATH [data=...] [beam_size=N] [split=val]`: score a checkpoint on a corpus's test sets
+(or, to choose decoding settings without touching them, its validation set)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ register_configs()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test the checkpoint on every test set of `data` (default: the corpus it was trained on).
+    """Test the checkpoint on every test set of `data` (default: the corpus it was trained on); with
+    `split=val` on its validation set instead.
 
     Returns {test set: {bleu, signature, bleu_tok_lc, signature_tok_lc, chrf, loss, ppl, sentences, ...}}:
     `bleu` and `chrf` are sacreBLEU's corpus scores (the torchmetrics values logged during training agree with
@@ -36,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     data_cfg["eval_max_tokens"] = cfg.batch_max_tokens
     datamodule = ParallelDataModule(**data_cfg)
     datamodule.prepare_data()
-    datamodule.setup_eval(module.tokenizer)
+    datamodule.setup_eval(module.tokenizer, cfg.split)
     trainer = L.Trainer(accelerator=device.type.replace("cuda", "gpu"), devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, datamodule=datamodule, verbose=False)

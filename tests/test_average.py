@@ -94,6 +94,22 @@ def test_averaged_checkpoint_loads_and_translates(module: TranslationModule, tmp
     assert len(results) == 3 and results[1] == [("", 0.0)] and all(isinstance(r[0][0], str) for r in results)
 
 
+def test_bfloat16_output_is_the_rounded_mean_and_loads_as_float32(module: TranslationModule, tmp_path: Path) -> None:
+    """`lnmt-average --dtype bfloat16`: half the file; the model loads in float32 with the rounded weights."""
+    paths = [write_checkpoint(tmp_path / f"c{i}.ckpt", module, step=i, seed=i) for i in range(2)]
+    full = average_checkpoints(paths, tmp_path / "full.ckpt")
+    main([*map(str, paths), "--output", str(tmp_path / "half.ckpt"), "--dtype", "bfloat16"])
+    half = torch.load(tmp_path / "half.ckpt", weights_only=True)["state_dict"]
+    exact = torch.load(full, weights_only=True)["state_dict"]
+    assert all(half[k].dtype == torch.bfloat16 for k in exact if exact[k].is_floating_point())
+    assert all(torch.equal(half[k], exact[k].to(torch.bfloat16)) for k in exact)
+    assert (tmp_path / "half.ckpt").stat().st_size < 0.6 * full.stat().st_size
+    loaded = TranslationModule.load(tmp_path / "half.ckpt")
+    assert loaded.model.output.weight.dtype == torch.float32
+    assert torch.equal(loaded.model.output.weight, exact["model.output.weight"].to(torch.bfloat16).float())
+    assert len(translate_lines(loaded, ["the small cat sees the dog ."], beam_size=2)) == 1
+
+
 @pytest.mark.parametrize("other, message", [
     ([*SMALL_MODEL[:2], "model.decoder_hidden=48"], "model.decoder_hidden 32 vs 48"),
     (SMALL_MODEL, "their tokenizers differ"),  # a tokenizer trained on other sentences (seed 7), same sizes

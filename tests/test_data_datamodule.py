@@ -95,6 +95,23 @@ def test_extra_tests_and_test_names(dm, cache_dir, tmp_path):
     assert not isinstance(dm.test_dataloader(), list) and dm.test_names == ["test"]
 
 
+def test_setup_eval_on_val_reads_no_test_set(dm, cache_dir, tmp_path):
+    """`lnmt-eval split=val` (choosing beam size / length penalty) decodes the validation set, never test."""
+    extra = tmp_path / "extra"
+    extra.with_suffix(".en").write_text("the dog runs .\n")
+    extra.with_suffix(".fr").write_text("le chien court .\n")
+    on_val = make(cache_dir, extra_tests={"mine": str(extra)})
+    on_val.setup_eval(dm.tokenizer, "val")
+    assert on_val.test_names == ["val"] and "test" not in on_val._texts and "mine" not in on_val._texts
+    assert on_val.references("val") == dm.references("val")
+    assert len(on_val.test_dataloader().dataset) == len(dm.dataset("val"))
+    on_test = make(cache_dir, extra_tests={"mine": str(extra)})
+    on_test.setup_eval(dm.tokenizer)
+    assert on_test.test_names == ["test", "mine"]
+    with pytest.raises(DataError, match="unknown evaluation split 'train'"):
+        make(cache_dir).setup_eval(dm.tokenizer, "train")
+
+
 def test_ranks_from_the_trainer_get_disjoint_equal_shards(dm, cache_dir):
     shards = []
     for rank in range(2):

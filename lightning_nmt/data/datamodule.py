@@ -98,6 +98,7 @@ class ParallelDataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.tokenizer: Tokenizer | None = None
         self.train_sampler: TokenBatchSampler | None = None
+        self._eval_names: list[str] | None = None  # set by setup_eval
         self.built_cache = False  # whether setup() trained sentencepiece (cache miss)
         self._entry: Binarized | None = None  # the train split's cache entry
         self._inputs: dict[str, PairSource] | None = None
@@ -194,12 +195,18 @@ class ParallelDataModule(L.LightningDataModule):
         return {name: EncodedDataset.from_lists(encode_src(text.src), encode_tgt(text.tgt))
                 for name, text in self._texts.items()}
 
-    def setup_eval(self, tokenizer: Tokenizer) -> None:
-        """Read and validate the test sets only and encode them with ``tokenizer`` (a checkpoint's), so a
-        trained model can be scored on any corpus; no sentencepiece training, no cache."""
-        names = [name for name in self._sources() if name == "test" or name in self.extra_tests]
+    def setup_eval(self, tokenizer: Tokenizer, split: str = "test") -> None:
+        """Read and validate the test sets (``split="val"``: the validation set instead) only and encode them
+        with ``tokenizer`` (a checkpoint's), so a trained model can be scored on any corpus; no sentencepiece
+        training, no cache."""
+        if split not in ("test", "val"):
+            raise DataError(f"unknown evaluation split {split!r}; valid: test (and data.extra_tests), val")
+        wanted = ("val",) if split == "val" else ("test", *self.extra_tests)
+        names = [name for name in self._sources() if name in wanted]
         if not names:
-            raise DataError("no test set configured (data.test or data.extra_tests)")
+            raise DataError("no validation set configured (data.val)" if split == "val"
+                            else "no test set configured (data.test or data.extra_tests)")
+        self._eval_names = names
         self.tokenizer = tokenizer
         self._texts = {name: read_all(self._sources()[name]) for name in names}
         self._splits = self._encode_eval()
@@ -244,8 +251,9 @@ class ParallelDataModule(L.LightningDataModule):
 
     @property
     def test_names(self) -> list[str]:
-        """Names of the test sets: ``test`` (if configured) first, then ``extra_tests`` in order."""
-        return [name for name in ("test", *self.extra_tests) if name in self._texts]
+        """Names of the test sets: ``test`` (if configured) first, then ``extra_tests`` in order; after
+        ``setup_eval(split="val")``: ``val``."""
+        return [name for name in (self._eval_names or ("test", *self.extra_tests)) if name in self._texts]
 
     @property
     def drop_counts(self) -> dict[str, int]:

@@ -1,0 +1,29 @@
+#!/bin/bash
+# The Multi30k recipes side by side on one GPU: they are small, so eight runs share one card (each run's
+# wall time is then longer than it would be alone). Each run tests its best (Transformer: averaged) checkpoint
+# on test2016 at the end, into RUNS_DIR/<name>/metrics.json.
+#   usage: bash experiments/multi30k_gpu.sh RUNS_DIR [MAX_TIME (DD:HH:MM:SS, default 00:00:05:00)]
+#   LNMT_TRAIN: the train command (default lnmt-train); MULTI30K_ROOT: the corpus files.
+set -u
+runs=${1:?usage: multi30k_gpu.sh RUNS_DIR [MAX_TIME]}
+max_time=${2:-00:00:05:00}
+train=${LNMT_TRAIN:-lnmt-train}
+common=(trainer=gpu trainer.enable_progress_bar=false "trainer.max_time=$max_time" logger=csv)
+deen=(data.src_lang=de data.tgt_lang=en)
+mkdir -p "$runs"
+
+launch() {  # launch NAME OVERRIDES...: one run in the background, its log in RUNS_DIR/NAME.log
+  local name=$1
+  shift
+  OMP_NUM_THREADS=2 $train "$@" "${common[@]}" "hydra.run.dir=$runs/$name" >"$runs/$name.log" 2>&1 &
+}
+
+for score in general dot concat scaled_dot; do  # the score function is chosen on val BLEU
+  launch "attention_${score}_ende" experiment=multi30k_attention model.attention=$score
+done
+launch attention_general_deen experiment=multi30k_attention "${deen[@]}"
+launch transformer_ende experiment=multi30k_transformer
+launch transformer_deen experiment=multi30k_transformer "${deen[@]}"
+launch basic_ende experiment=multi30k_basic
+wait
+grep -H -o '"bleu_tok_lc": [0-9.]*' "$runs"/*/metrics.json
