@@ -15,7 +15,10 @@ from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def _pad(seqs: Sequence[Sequence[int]], before: int | None, after: int | None) -> np.ndarray:
-    """Right-padded (B, max len + specials) int64 array with optional ``before``/``after`` ids."""
+    """Right-padded (B, max len + specials) int64 array with optional ``before``/``after`` ids.
+
+    Not ``torch.nn.utils.rnn.pad_sequence``: it needs one tensor per row, which made ``collate`` 5-6x slower
+    (0.7-1.1 vs 5.9-6.0 ms for 300 sentences, measured 2026-11-29), on the training step's path."""
     shift = before is not None
     width = max(len(s) for s in seqs) + shift + (after is not None)
     out = np.full((len(seqs), width), PAD_ID, dtype=np.int64)

@@ -60,10 +60,6 @@ class EncodedDataset:
         """``src_ids``, ``src_offsets`` and, with a target, ``tgt_ids``, ``tgt_offsets``."""
         return self._data
 
-    @property
-    def has_target(self) -> bool:
-        return "tgt_ids" in self.arrays()
-
     def src_lengths(self) -> np.ndarray:
         """(N,) int32 number of source pieces per example (EOS not included)."""
         return lengths(self.arrays()["src_offsets"])
