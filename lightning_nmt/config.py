@@ -7,6 +7,7 @@ file), a wrong type or an unknown enum value is a clear error before anything ru
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from pathlib import Path
@@ -15,24 +16,23 @@ from typing import Any, Optional, get_type_hints
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from lightning_nmt.data.datamodule import CORPORA, ParallelDataModule
+from lightning_nmt.data.sample import DEFAULT_SIZES as DEFAULT_SAMPLE_SIZES
+from lightning_nmt.data.tokenizer import DEFAULT_SETTINGS as _TOKENIZER
+from lightning_nmt.data.tokenizer import MODEL_TYPES as TOKENIZER_TYPES
 from lightning_nmt.models import MODEL_TYPES
 from lightning_nmt.models.search import DecodingConfig
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 """The `conf/` directory of the source tree (an absolute path, so console scripts find it)."""
+_DATAMODULE = {name: p.default for name, p in inspect.signature(ParallelDataModule.__init__).parameters.items()}
+"""The DataModule's argument defaults, which `DataConfig` takes."""
 
 
-class Corpus(str, Enum):
-    sample = "sample"
-    multi30k = "multi30k"
-    files = "files"
-    tsv = "tsv"
-    hf = "hf"
-
-
-class TokenizerType(str, Enum):
-    unigram = "unigram"
-    bpe = "bpe"
+Corpus = Enum("Corpus", {name: name for name in CORPORA}, type=str)
+"""`data.corpus` values: those `ParallelDataModule` reads (`lightning_nmt.data.datamodule.CORPORA`)."""
+TokenizerType = Enum("TokenizerType", {name: name for name in TOKENIZER_TYPES}, type=str)
+"""`data.tokenizer.type` values: the sentencepiece model types `Tokenizer` trains."""
 
 
 class LoggerType(str, Enum):
@@ -68,15 +68,21 @@ class Speedups(str, Enum):
 
 @dataclass
 class TokenizerConfig:
-    type: TokenizerType = TokenizerType.unigram
-    vocab_size: int = 8000
-    joint: bool = True
-    character_coverage: float = 1.0
-    input_sentence_size: int = 1000000  # sentences per model at most: a random sample of a larger train split
+    """`data.tokenizer`; the defaults are the tokenizer's own (`DEFAULT_SETTINGS`)."""
+
+    type: TokenizerType = TokenizerType(_TOKENIZER["model_type"])
+    vocab_size: int = _TOKENIZER["vocab_size"]
+    joint: bool = _TOKENIZER["joint"]
+    character_coverage: float = _TOKENIZER["character_coverage"]
+    input_sentence_size: int = _TOKENIZER["input_sentence_size"]  # sentences per model at most: a random sample
 
 
 @dataclass
 class DataConfig:
+    """`data:`, the arguments of `ParallelDataModule` (its docstring says what each means). The defaults of the
+    schema are the DataModule's, but for the corpus, which is the embedded sample (en->fr) here, as in
+    conf/data/sample.yaml."""
+
     corpus: Corpus = Corpus.sample
     src_lang: str = "en"
     tgt_lang: str = "fr"
@@ -85,15 +91,15 @@ class DataConfig:
     test: str | None = None
     extra_tests: dict[str, str] = field(default_factory=dict)
     root: str | None = None
-    base_url: str = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
-    sample_sizes: dict[str, int] = field(default_factory=lambda: {"train": 20000, "val": 500, "test": 500})
-    sample_seed: int = 1234
+    base_url: str = _DATAMODULE["base_url"]
+    sample_sizes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SAMPLE_SIZES))
+    sample_seed: int = _DATAMODULE["sample_seed"]
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    max_tokens: int = 4096
-    eval_max_tokens: int = 8192
-    max_len: int = 100
-    cache_dir: str = ".cache/lightning_nmt"
-    num_workers: int = 0
+    max_tokens: int = _DATAMODULE["max_tokens"]
+    eval_max_tokens: int = _DATAMODULE["eval_max_tokens"]
+    max_len: int = _DATAMODULE["max_len"]
+    cache_dir: str = _DATAMODULE["cache_dir"]
+    num_workers: int = _DATAMODULE["num_workers"]
     hf_name: str | None = None  # data=hf: hub dataset name (wmt14) or a directory written by save_to_disk
     hf_config: str | None = None  # data=hf: the dataset's configuration (de-en)
     preprocess_workers: int | None = None  # processes encoding the train split; None: every available core

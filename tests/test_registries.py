@@ -1,12 +1,16 @@
 """Every choice is declared once: the config schema's enums and keys are the registries', and each
 conf/model/<type>.yaml sets exactly the keys its model type reads."""
 
+import inspect
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from lightning_nmt.config import ModelConfig, ModelType
+from lightning_nmt.config import DataConfig, ModelConfig, ModelType, TokenizerConfig
+from lightning_nmt.data import ParallelDataModule
+from lightning_nmt.data.tokenizer import settings_from_config
 from lightning_nmt.models import MODEL_TYPES, model_keys
 from lightning_nmt.models.attention import ATTENTIONS, AttentionScore
 from lightning_nmt.models.rnn import RNNS, RNNType
@@ -45,3 +49,14 @@ def test_sweep_compares_only_the_keys_the_model_type_reads(tmp_path: Path):
     assert effective_config(a) == effective_config(b)  # basic reads no score: one job for both
     c = compose_config("train", ["model=basic", "model.dropout=0.3"], tmp_path)
     assert effective_config(a) != effective_config(c)
+
+
+def test_data_schema_is_the_datamodules_arguments_and_defaults() -> None:
+    """`data:` declares no option the DataModule does not take, misses none, and repeats none of its defaults."""
+    params = inspect.signature(ParallelDataModule.__init__).parameters
+    assert {f.name for f in fields(DataConfig)} == set(params) - {"self", "seed"}
+    schema = DataConfig()
+    for name in ("base_url", "sample_seed", "max_tokens", "eval_max_tokens", "max_len", "cache_dir", "num_workers"):
+        assert getattr(schema, name) == params[name].default, name
+    tokenizer = {key: getattr(value, "value", value) for key, value in asdict(TokenizerConfig()).items()}
+    assert settings_from_config(tokenizer) == settings_from_config({})

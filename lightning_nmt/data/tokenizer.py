@@ -26,6 +26,11 @@ TRAIN_SEED = 1
 STATE_VERSION = 1
 
 
+DEFAULT_SETTINGS = {"model_type": "unigram", "vocab_size": 8000, "joint": True, "character_coverage": 1.0,
+                    "input_sentence_size": INPUT_SENTENCE_SIZE}
+"""The tokenizer's defaults, by setting name (``CONFIG_KEYS`` maps the config's keys to these)."""
+
+
 def settings_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Map the ``data.tokenizer`` config group to validated settings: ``Tokenizer.train`` keyword arguments plus
     ``input_sentence_size``, the number of sentences each sentencepiece model is trained on at most (a random
@@ -33,9 +38,7 @@ def settings_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(cfg) - set(CONFIG_KEYS))
     if unknown:
         raise DataError(f"unknown tokenizer option(s) {unknown}; valid: {sorted(CONFIG_KEYS)}")
-    defaults = {"model_type": "unigram", "vocab_size": 8000, "joint": True, "character_coverage": 1.0,
-                "input_sentence_size": INPUT_SENTENCE_SIZE}
-    settings = {**defaults, **{CONFIG_KEYS[k]: v for k, v in cfg.items()}}
+    settings = {**DEFAULT_SETTINGS, **{CONFIG_KEYS[k]: v for k, v in cfg.items()}}
     sample = int(settings.pop("input_sentence_size"))
     if sample < 2:
         raise DataError(f"tokenizer input_sentence_size must be at least 2, got {sample}")
