@@ -76,3 +76,33 @@ def test_padding_changes_nothing(kind):
     if attention is not None:
         torch.testing.assert_close(padded_attention[:1, :3, :4], attention, atol=1e-5, rtol=0)
         assert torch.all(padded_attention[0, :, 4:] == 0.0)
+
+
+def test_transformer_cached_steps_equal_the_full_prefix():
+    """The Transformer's decoding cache (keys and values of the positions read) gives the logits and
+    attention of recomputing the decoder over the whole prefix, also for beams that diverge and are
+    reordered."""
+    model = small_model(type="transformer", seed=3)
+    batch = random_batch(2, size=4)
+    tgt, sentences = batch["tgt_in"], batch["tgt_in"].size(0)
+    with torch.no_grad():
+        enc = model.encode(batch["src"], batch["src_lengths"])
+        features, attention = model.decode(tgt, enc, return_attention=True)
+        state, logits, weights = model.init_state(enc), [], []
+        for t in range(tgt.size(1)):
+            step_logits, state, step_weights = model.decode_step(tgt[:, t], enc, state)
+            logits.append(step_logits)
+            weights.append(step_weights)
+        torch.testing.assert_close(torch.stack(logits, 1), model.project(features), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.stack(weights, 1), attention, atol=1e-5, rtol=0)
+        # two hypotheses per sentence that read different tokens, then swap places (a beam step)
+        rows = torch.arange(sentences).repeat_interleave(2)
+        state, prefix = model.reorder(state, rows), tgt[rows]
+        extra = torch.randint(4, 20, (2 * sentences, 3), generator=torch.Generator().manual_seed(5))
+        for t in range(2):
+            _, state, _ = model.decode_step(extra[:, t], enc, state)
+        swap = torch.arange(2 * sentences).view(sentences, 2).flip(1).reshape(-1)
+        state, prefix = model.reorder(state, swap), torch.cat([prefix, extra[:, :2]], 1)[swap]
+        cached, _, _ = model.decode_step(extra[swap, 2], enc, state)
+        full, _ = model.decode(torch.cat([prefix, extra[swap, 2:]], 1), enc, return_attention=False)
+        torch.testing.assert_close(cached, model.project(full[:, -1]), atol=1e-5, rtol=0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from lightning_nmt.data.tokenizer import PAD_ID
 from lightning_nmt.models.base import (
@@ -62,6 +63,27 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(
             self.self_attn(h, h, h, attn_mask=causal_mask, is_causal=True, need_weights=False)[0]
         )
+        return self._cross_and_ffn(x, memory, memory_padding, need_weights)
+
+    def step(
+        self, x: Tensor, cache: tuple[Tensor, Tensor], memory: Tensor, memory_padding: Tensor, need_weights: bool
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
+        """One decoding position (inference): x (R, 1, D), cache: the self-attention keys and values of the
+        previous positions, each (R, heads, t, D / heads) -> x (R, 1, D), the cache with this position
+        (t + 1), cross-attention (R, 1, S) or None. The same as `forward` on the whole prefix, whose earlier
+        positions do not change (causal mask), without recomputing them."""
+        q, k, v = F.linear(self.norm_self(x), self.self_attn.in_proj_weight, self.self_attn.in_proj_bias).chunk(3, -1)
+        q, k, v = (t.view(t.size(0), 1, self.self_attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        keys, values = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (R, heads, t + 1, D / heads)
+        attended = F.scaled_dot_product_attention(q, keys, values)  # every cached position is visible
+        x = x + self.dropout(self.self_attn.out_proj(attended.transpose(1, 2).reshape_as(x)))
+        x, weights = self._cross_and_ffn(x, memory, memory_padding, need_weights)
+        return x, (keys, values), weights
+
+    def _cross_and_ffn(
+        self, x: Tensor, memory: Tensor, memory_padding: Tensor, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The cross-attention and feed-forward blocks: x (R, T, D) -> x (R, T, D), weights (R, T, S) or None."""
         h = per_sentence(self.norm_cross(x), memory.size(0))
         attended, weights = self.cross_attn(
             h, memory, memory, key_padding_mask=memory_padding, need_weights=need_weights
@@ -71,11 +93,25 @@ class DecoderLayer(nn.Module):
         return x + self.dropout(self.ffn(self.norm_ffn(x))), weights
 
 
+@dataclass
+class DecoderCache:
+    """The Transformer's decoding state: per decoder layer the self-attention keys and values of the positions
+    read so far, each (R, heads, t, D / heads)."""
+
+    layers: list[tuple[Tensor, Tensor]]
+    length: int  # t, the positions read
+
+    def index_select(self, index: Tensor) -> DecoderCache:
+        return DecoderCache([(k.index_select(0, index), v.index_select(0, index)) for k, v in self.layers],
+                            self.length)
+
+
 class TransformerSeq2Seq(Seq2Seq):
     """Encoder (`nn.TransformerEncoder`, pre-norm) and decoder (`DecoderLayer`s) of `num_layers` each.
 
-    Embeddings are initialised N(0, 1/d_model) and scaled by sqrt(d_model). Decoding recomputes the decoder
-    over the whole prefix at every step (the state is the prefix), batched over all rows.
+    Embeddings are initialised N(0, 1/d_model) and scaled by sqrt(d_model). Decoding reads one position per
+    step and keeps each decoder layer's self-attention keys and values (`DecoderCache`), so a step costs the
+    same at every position instead of recomputing the prefix.
     """
 
     def __init__(
@@ -131,17 +167,26 @@ class TransformerSeq2Seq(Seq2Seq):
             x, weights = layer(x, enc.memory, causal_mask, padding, return_attention and i == last)
         return self.decoder_norm(x), weights
 
-    def init_state(self, enc: EncoderOutput) -> Tensor:
-        """The empty prefix (B, 0)."""
-        return enc.mask.new_empty(enc.mask.size(0), 0, dtype=torch.long)
+    def init_state(self, enc: EncoderOutput) -> DecoderCache:
+        """Nothing read yet: empty keys and values (B, heads, 0, D / heads) per layer."""
+        heads = self.decoder_layers[0].self_attn.num_heads
+        empty = enc.memory.new_empty(enc.memory.size(0), heads, 0, enc.memory.size(-1) // heads)
+        return DecoderCache([(empty, empty) for _ in self.decoder_layers], 0)
 
-    def decode_step(self, tokens: Tensor, enc: EncoderOutput, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        prefix = torch.cat([state, tokens.unsqueeze(1)], dim=1)
-        features, weights = self.decode(prefix, enc, return_attention=True)
-        return self.project(features[:, -1]), prefix, weights[:, -1]
+    def decode_step(
+        self, tokens: Tensor, enc: EncoderOutput, state: DecoderCache
+    ) -> tuple[Tensor, DecoderCache, Tensor]:
+        position = self.positions.encoding[state.length]  # (D,)
+        x = self.dropout(self.tgt_embed(tokens) * self.scale + position).unsqueeze(1)  # (R, 1, D)
+        padding, layers, weights = ~enc.mask, [], None
+        last = len(self.decoder_layers) - 1
+        for i, (layer, cache) in enumerate(zip(self.decoder_layers, state.layers)):
+            x, cache, weights = layer.step(x, cache, enc.memory, padding, need_weights=i == last)
+            layers.append(cache)
+        return self.project(self.decoder_norm(x[:, 0])), DecoderCache(layers, state.length + 1), weights[:, 0]
 
-    def reorder(self, state: Tensor, index: Tensor) -> Tensor:
-        return state.index_select(0, index)
+    def reorder(self, state: DecoderCache, index: Tensor) -> DecoderCache:
+        return state.index_select(index)
 
 
 @register_model("transformer")
