@@ -26,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.batching import collate
 from lightning_nmt.kernels.cpu import packable_dtypes, tune_process
+from lightning_nmt.models.search import BeamStop
 from lightning_nmt.module import TranslationModule
 
 ROOT = Path(__file__).resolve().parents[1]
 JOEY = ROOT.parent / "shared" / "bench" / "peers" / "joey_rnn.sh"
 # Joey's decoding settings: beam alpha 1.0, at most 1.5 x source length. "Forced" decoding raises min_len_ratio to
 # max_len_ratio, so every hypothesis runs to the length limit (Joey's undertrained outputs run long)
-DECODING = {"beam_size": 5, "val_beam_size": 1, "nbest": 1, "length_penalty": 1.0, "max_len_ratio": 1.5,
+DECODING = {"beam_size": 5, "val_beam_size": 1, "length_penalty": 1.0, "max_len_ratio": 1.5,
             "max_len_offset": 0, "min_len_ratio": 0.0}
 WARMUP = 20  # steps excluded from throughput, as in Joey's figures (steps 21..N)
 REFERENCE_MODEL = {
@@ -163,7 +165,7 @@ def decode_speed(module: TranslationModule, datamodule: ParallelDataModule, beam
     """Sentences/s decoding test2016 in batches of `batch_size` sentences (sorted by length) with `min_len_ratio`
     and `beam_stop` (see `models.search`); `min_len_ratio` = the maximum length ratio runs every hypothesis to the
     length limit."""
-    module.hparams.decoding |= {"min_len_ratio": min_len_ratio, "beam_stop": beam_stop}
+    module.decoding = replace(module.decoding, min_len_ratio=min_len_ratio, beam_stop=BeamStop(beam_stop))
     test = datamodule.dataset("test")
     order = np.argsort(test.src_lengths(), kind="stable")
     batches = [collate([test[int(i)] for i in order[k:k + batch_size]]) for k in range(0, len(order), batch_size)]
@@ -248,7 +250,7 @@ def run_ours(args: argparse.Namespace) -> tuple[dict[str, Any], TranslationModul
         tgt_vocab_size=datamodule.tokenizer.tgt_vocab_size,
         optim={"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0},
         scheduler={"name": "none"},
-        decoding=dict(DECODING),  # a copy: decode_speed sets its min_len_ratio
+        decoding=dict(DECODING),  # decode_speed replaces min_len_ratio and beam_stop in module.decoding
         label_smoothing=0.0, data=data, tokenizer=datamodule.tokenizer,
     )
     timer = StepTimer()
