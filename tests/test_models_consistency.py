@@ -1,5 +1,7 @@
 """The fast teacher-forced path agrees with step-by-step decoding; padding changes nothing."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,3 +108,7 @@ def test_transformer_cached_steps_equal_the_full_prefix():
         cached, _, _ = model.decode_step(extra[swap, 2], enc, state)
         full, _ = model.decode(torch.cat([prefix, extra[swap, 2:]], 1), enc, return_attention=False)
         torch.testing.assert_close(cached, model.project(full[:, -1]), atol=1e-5, rtol=0)
+        # the source's cross-attention keys and values projected once (eval-mode encode) or at each step
+        assert enc.keys is not None
+        uncached, _, _ = model.decode_step(extra[swap, 2], replace(enc, keys=None), state)
+        torch.testing.assert_close(uncached, cached, atol=1e-5, rtol=0)

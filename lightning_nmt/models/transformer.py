@@ -66,19 +66,36 @@ class DecoderLayer(nn.Module):
         return self._cross_and_ffn(x, memory, memory_padding, need_weights)
 
     def step(
-        self, x: Tensor, cache: tuple[Tensor, Tensor], memory: Tensor, memory_padding: Tensor, need_weights: bool
+        self, x: Tensor, cache: tuple[Tensor, Tensor], memory_kv: Tensor, memory_padding: Tensor, need_weights: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
         """One decoding position (inference): x (R, 1, D), cache: the self-attention keys and values of the
-        previous positions, each (R, heads, t, D / heads) -> x (R, 1, D), the cache with this position
-        (t + 1), cross-attention (R, 1, S) or None. The same as `forward` on the whole prefix, whose earlier
-        positions do not change (causal mask), without recomputing them."""
+        previous positions, each (R, heads, t, D / heads), memory_kv: the cross-attention keys and values of
+        the source (B, 2, S, D, from `memory_kv`) -> x (R, 1, D), the cache with this position (t + 1),
+        cross-attention (R, 1, S) or None. The same as `forward` on the whole prefix, whose earlier positions
+        do not change (causal mask), without recomputing them."""
+        heads = self.self_attn.num_heads
         q, k, v = F.linear(self.norm_self(x), self.self_attn.in_proj_weight, self.self_attn.in_proj_bias).chunk(3, -1)
-        q, k, v = (t.view(t.size(0), 1, self.self_attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(t.size(0), 1, heads, -1).transpose(1, 2) for t in (q, k, v))
         keys, values = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (R, heads, t + 1, D / heads)
         attended = F.scaled_dot_product_attention(q, keys, values)  # every cached position is visible
         x = x + self.dropout(self.self_attn.out_proj(attended.transpose(1, 2).reshape_as(x)))
-        x, weights = self._cross_and_ffn(x, memory, memory_padding, need_weights)
-        return x, (keys, values), weights
+        # cross-attention with the source's keys and values projected once: r rows per sentence read them together
+        sentences, dim = memory_kv.size(0), x.size(-1)
+        q = F.linear(self.norm_cross(x), self.cross_attn.in_proj_weight[:dim], self.cross_attn.in_proj_bias[:dim])
+        q = per_sentence(q, sentences).view(sentences, -1, heads, dim // heads).transpose(1, 2)  # (B, heads, r, d)
+        k, v = (t.view(sentences, -1, heads, dim // heads).transpose(1, 2) for t in memory_kv.unbind(1))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(dim // heads)  # (B, heads, r, S)
+        weights = scores.masked_fill(memory_padding[:, None, None, :], float("-inf")).softmax(-1)
+        attended = (weights @ v).transpose(1, 2).reshape(sentences, -1, dim)  # (B, r, D)
+        x = x + self.dropout(per_hypothesis(self.cross_attn.out_proj(attended), x.size(0)))
+        x = x + self.dropout(self.ffn(self.norm_ffn(x)))
+        return x, (keys, values), per_hypothesis(weights.mean(1), x.size(0)) if need_weights else None
+
+    def memory_kv(self, memory: Tensor) -> Tensor:
+        """The cross-attention keys and values of the encoder states: memory (B, S, D) -> (B, 2, S, D)."""
+        dim = memory.size(-1)
+        return F.linear(memory, self.cross_attn.in_proj_weight[dim:], self.cross_attn.in_proj_bias[dim:]).view(
+            *memory.shape[:2], 2, dim).transpose(1, 2)
 
     def _cross_and_ffn(
         self, x: Tensor, memory: Tensor, memory_padding: Tensor, need_weights: bool
@@ -111,7 +128,8 @@ class TransformerSeq2Seq(Seq2Seq):
 
     Embeddings are initialised N(0, 1/d_model) and scaled by sqrt(d_model). Decoding reads one position per
     step and keeps each decoder layer's self-attention keys and values (`DecoderCache`), so a step costs the
-    same at every position instead of recomputing the prefix.
+    same at every position instead of recomputing the prefix; the source's cross-attention keys and values
+    are projected once (`encode` in eval mode).
     """
 
     def __init__(
@@ -151,8 +169,12 @@ class TransformerSeq2Seq(Seq2Seq):
         return self.dropout(self.positions(embedding(tokens) * self.scale))
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
+        """In eval mode `keys` holds each decoder layer's cross-attention keys and values of the source,
+        (B, layers, 2, S, D), which decoding reads at every step."""
         mask = length_mask(src_lengths, src.size(1))
-        return EncoderOutput(self.encoder(self._embed(self.src_embed, src), src_key_padding_mask=~mask), mask)
+        memory = self.encoder(self._embed(self.src_embed, src), src_key_padding_mask=~mask)
+        keys = None if self.training else torch.stack([layer.memory_kv(memory) for layer in self.decoder_layers], 1)
+        return EncoderOutput(memory, mask, keys=keys)
 
     def decode(
         self, tgt_in: Tensor, enc: EncoderOutput, return_attention: bool
@@ -181,7 +203,8 @@ class TransformerSeq2Seq(Seq2Seq):
         padding, layers, weights = ~enc.mask, [], None
         last = len(self.decoder_layers) - 1
         for i, (layer, cache) in enumerate(zip(self.decoder_layers, state.layers)):
-            x, cache, weights = layer.step(x, cache, enc.memory, padding, need_weights=i == last)
+            memory_kv = layer.memory_kv(enc.memory) if enc.keys is None else enc.keys[:, i]
+            x, cache, weights = layer.step(x, cache, memory_kv, padding, need_weights=i == last)
             layers.append(cache)
         return self.project(self.decoder_norm(x[:, 0])), DecoderCache(layers, state.length + 1), weights[:, 0]
 
