@@ -88,8 +88,8 @@ class DecoderLayer(nn.Module):
         weights = scores.masked_fill(memory_padding[:, None, None, :], float("-inf")).softmax(-1)
         attended = (weights @ v).transpose(1, 2).reshape(sentences, -1, dim)  # (B, r, D)
         x = x + self.dropout(per_hypothesis(self.cross_attn.out_proj(attended), x.size(0)))
-        x = x + self.dropout(self.ffn(self.norm_ffn(x)))
-        return x, (keys, values), per_hypothesis(weights.mean(1), x.size(0)) if need_weights else None
+        weights = per_hypothesis(weights.mean(1), x.size(0)) if need_weights else None  # averaged over heads
+        return self._feed_forward(x), (keys, values), weights
 
     def memory_kv(self, memory: Tensor) -> Tensor:
         """The cross-attention keys and values of the encoder states: memory (B, S, D) -> (B, 2, S, D)."""
@@ -107,7 +107,11 @@ class DecoderLayer(nn.Module):
         )
         x = x + self.dropout(per_hypothesis(attended, x.size(0)))
         weights = None if weights is None else per_hypothesis(weights, x.size(0))
-        return x + self.dropout(self.ffn(self.norm_ffn(x))), weights
+        return self._feed_forward(x), weights
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        """The feed-forward residual block: x (R, T, D) -> (R, T, D)."""
+        return x + self.dropout(self.ffn(self.norm_ffn(x)))
 
 
 @dataclass
