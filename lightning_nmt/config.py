@@ -74,6 +74,7 @@ class TokenizerConfig:
     vocab_size: int = _TOKENIZER["vocab_size"]
     joint: bool = _TOKENIZER["joint"]
     character_coverage: float = _TOKENIZER["character_coverage"]
+    lowercase: bool = _TOKENIZER["lowercase"]  # lowercase all text before training and encoding
     input_sentence_size: int = _TOKENIZER["input_sentence_size"]  # sentences per model at most: a random sample
 
 

@@ -54,7 +54,7 @@ def test_separate_models_and_bpe():
     assert "<0xC3>" not in tok.tgt_pieces_from_ids(tok.encode_tgt(["été"])[0])
     assert tok.decode_tgt(tok.encode_tgt(FR[:100])) == FR[:100]
     assert tok.settings == {"model_type": "bpe", "vocab_size": 600, "joint": False,
-                            "character_coverage": 1.0}
+                            "character_coverage": 1.0, "lowercase": False}
 
 
 def test_training_is_deterministic(joint):
@@ -96,3 +96,32 @@ def test_decoded_hypothesis_is_one_line(tmp_path) -> None:
     newline_ids = tok.encode_tgt(["x\ny\rz\u2028w"])[0]
     (text,) = tok.decode_tgt([newline_ids])
     assert text == "x y z w" and len(text.splitlines()) == 1
+
+
+def test_lowercase_tokenizer_reads_and_writes_lowercase_text() -> None:
+    """`lowercase: true`: trained on lowercased text, every encoder lowercases (the bulk encoders of the cache
+    included), decoding gives the lowercased sentence, and the setting survives the checkpoint state."""
+    cased = [line.capitalize() + " Über Ärger" for line in FR[:300]]
+    tok = Tokenizer.train(EN, cased, model_type="bpe", vocab_size=600, joint=True, lowercase=True)
+    pieces = [p for p in tok.tgt_pieces_from_ids(range(4, tok.tgt_vocab_size)) if not p.startswith("<0x")]
+    assert "▁über" in pieces and not any(piece.lower() != piece for piece in pieces)  # no cased piece learnt
+    assert tok.encode_tgt(cased[:50]) == tok.encode_tgt([line.lower() for line in cased[:50]])
+    assert tok.decode_tgt(tok.encode_tgt(cased[:50])) == [line.lower() for line in cased[:50]]
+    src_bulk, tgt_bulk = tok.bulk_encoders(num_threads=1)
+    ids, lengths = tgt_bulk(cased[:50])
+    assert ids.tolist() == [i for seq in tok.encode_tgt(cased[:50]) for i in seq]
+    assert lengths.tolist() == [len(seq) for seq in tok.encode_tgt(cased[:50])]
+    assert tok.src_pieces("The Dog") == tok.src_pieces("the dog")
+    assert Tokenizer.from_state(tok.to_state()).encode_src(["A Cat"]) == tok.encode_src(["a cat"])
+    assert settings_from_config({"lowercase": True})["lowercase"] is True
+    with pytest.raises(DataError, match="tokenizer lowercase must be true or false, got 'yes'"):
+        settings_from_config({"lowercase": "yes"})
+
+
+def test_tokenizer_state_from_before_lowercase_loads_cased(joint) -> None:
+    """Checkpoints written before the `lowercase` setting existed keep working, cased."""
+    state = joint.to_state()
+    state["settings"] = {k: v for k, v in state["settings"].items() if k != "lowercase"}
+    restored = Tokenizer.from_state(state)
+    assert restored.settings["lowercase"] is False
+    assert restored.encode_src(["The Dog"]) == joint.encode_src(["The Dog"]) != joint.encode_src(["the dog"])

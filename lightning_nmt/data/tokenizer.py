@@ -20,14 +20,15 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # what str.splitlines() splits on
 MODEL_TYPES = ("unigram", "bpe")
 CONFIG_KEYS = {"type": "model_type", "vocab_size": "vocab_size", "joint": "joint",
-               "character_coverage": "character_coverage", "input_sentence_size": "input_sentence_size"}
+               "character_coverage": "character_coverage", "input_sentence_size": "input_sentence_size",
+               "lowercase": "lowercase"}
 INPUT_SENTENCE_SIZE = 1_000_000
 TRAIN_SEED = 1
 STATE_VERSION = 1
 
 
 DEFAULT_SETTINGS = {"model_type": "unigram", "vocab_size": 8000, "joint": True, "character_coverage": 1.0,
-                    "input_sentence_size": INPUT_SENTENCE_SIZE}
+                    "lowercase": False, "input_sentence_size": INPUT_SENTENCE_SIZE}
 """The tokenizer's defaults, by setting name (``CONFIG_KEYS`` maps the config's keys to these)."""
 
 
@@ -46,24 +47,28 @@ def settings_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_settings(
-    model_type: str, vocab_size: int, joint: bool, character_coverage: float
+    model_type: str, vocab_size: int, joint: bool, character_coverage: float, lowercase: bool = False
 ) -> dict[str, Any]:
-    """Validate tokenizer settings and return them as a plain dict."""
+    """Validate tokenizer settings and return them as a plain dict (``lowercase`` defaults to False for the
+    tokenizers of checkpoints written before it existed)."""
     if model_type not in MODEL_TYPES:
         raise DataError(f"unknown tokenizer type {model_type!r}; valid: {', '.join(MODEL_TYPES)}")
     if int(vocab_size) <= 0:
         raise DataError(f"tokenizer vocab_size must be positive, got {vocab_size}")
     if not 0.0 < float(character_coverage) <= 1.0:
         raise DataError(f"tokenizer character_coverage must be in (0, 1], got {character_coverage}")
+    if not isinstance(lowercase, bool):
+        raise DataError(f"tokenizer lowercase must be true or false, got {lowercase!r}")
     return {"model_type": model_type, "vocab_size": int(vocab_size), "joint": bool(joint),
-            "character_coverage": float(character_coverage)}
+            "character_coverage": float(character_coverage), "lowercase": lowercase}
 
 
 def _train_model(lines: Iterable[str], settings: Mapping[str, Any]) -> bytes:
     """Train one sentencepiece model in memory and return its serialized proto.
 
-    Identity normalization, kept whitespace and byte fallback make ``decode(encode(x)) == x`` for
-    any text, so detokenized output compares exactly with raw references. One thread: deterministic, and
+    Identity normalization, kept whitespace and byte fallback make ``decode(encode(x)) == x`` (``x.lower()`` with
+    ``lowercase``) for any text, so detokenized output compares exactly with raw references. One thread:
+    deterministic, and
     on a busy machine (parallel sweep jobs) unigram training with 2 threads was 3-9x slower.
     """
     spm.set_random_generator_seed(TRAIN_SEED)
@@ -96,7 +101,9 @@ def _content_ids(ids: Iterable[int]) -> list[int]:
 class Tokenizer:
     """Sentencepiece tokenizer for a language pair (one joint model or one model per side).
 
-    Ids never include BOS/EOS: the collate function adds them.
+    Ids never include BOS/EOS: the collate function adds them. With ``lowercase``, every text is lowercased
+    (``str.lower``) before it is trained on or encoded, as Joey NMT's ``lowercase`` and the Multi30k papers
+    that score lowercased BLEU do: the model then reads and writes lowercase text.
     """
 
     def __init__(self, src_model: bytes, tgt_model: bytes | None, settings: Mapping[str, Any]) -> None:
@@ -104,6 +111,9 @@ class Tokenizer:
         self._src_model, self._tgt_model = src_model, tgt_model
         self._src = spm.SentencePieceProcessor(model_proto=src_model)
         self._tgt = self._src if tgt_model is None else spm.SentencePieceProcessor(model_proto=tgt_model)
+
+    def _normalize(self, lines: Iterable[str]) -> list[str]:
+        return [line.lower() for line in lines] if self.settings["lowercase"] else list(lines)
 
     @classmethod
     def train(
@@ -115,10 +125,13 @@ class Tokenizer:
         vocab_size: int = 8000,
         joint: bool = True,
         character_coverage: float = 1.0,
+        lowercase: bool = False,
     ) -> Tokenizer:
         """Train deterministically on the given sentences (joint: one model on the source, then the target
         sentences). The sentences are streamed to sentencepiece (which keeps its own copy)."""
-        settings = check_settings(model_type, vocab_size, joint, character_coverage)
+        settings = check_settings(model_type, vocab_size, joint, character_coverage, lowercase)
+        if lowercase:
+            src_lines, tgt_lines = map(str.lower, src_lines), map(str.lower, tgt_lines)
         if joint:
             return cls(_train_model(chain(src_lines, tgt_lines), settings), None, settings)
         return cls(_train_model(src_lines, settings), _train_model(tgt_lines, settings), settings)
@@ -133,18 +146,20 @@ class Tokenizer:
 
     def encode_src(self, lines: Sequence[str]) -> list[list[int]]:
         """Source sentences -> piece ids (no EOS)."""
-        return self._src.encode(list(lines))
+        return self._src.encode(self._normalize(lines))
 
     def encode_tgt(self, lines: Sequence[str]) -> list[list[int]]:
         """Target sentences -> piece ids (no BOS/EOS)."""
-        return self._tgt.encode(list(lines))
+        return self._tgt.encode(self._normalize(lines))
 
     def bulk_encoders(self, num_threads: int) -> tuple[Encoder, Encoder]:
         """(source, target) encoders of whole corpora (see ``encoder``): the ids of ``encode_src`` /
         ``encode_tgt``, flat. One object (one word cache) for a joint model."""
         src = make_encoder(self._src, self.settings["model_type"], num_threads)
-        return src, src if self._tgt_model is None else make_encoder(self._tgt, self.settings["model_type"],
-                                                                      num_threads)
+        tgt = src if self._tgt_model is None else make_encoder(self._tgt, self.settings["model_type"], num_threads)
+        if not self.settings["lowercase"]:
+            return src, tgt
+        return (lambda lines: src(self._normalize(lines))), (lambda lines: tgt(self._normalize(lines)))
 
     def decode_tgt(self, ids_list: Iterable[Iterable[int]]) -> list[str]:
         """Target ids -> sentences; each sequence stops at its first EOS, PAD and BOS are ignored.
@@ -156,7 +171,7 @@ class Tokenizer:
 
     def src_pieces(self, line: str) -> list[str]:
         """The pieces of the model input for ``line``, EOS (``</s>``) included: one per source position."""
-        return [*self._src.encode(line, out_type=str), self._src.id_to_piece(EOS_ID)]
+        return [*self._src.encode(self._normalize([line])[0], out_type=str), self._src.id_to_piece(EOS_ID)]
 
     def src_pieces_from_ids(self, ids: Iterable[int]) -> list[str]:
         """Source ids -> piece strings, one per id (EOS -> ``</s>``; for attention heatmap labels)."""
