@@ -31,3 +31,12 @@ def test_cased_bleu_signature_is_sacrebleu_default() -> None:
     score = bleu(["Two dogs play in the snow."], ["Two dogs play in the snow."])
     assert score.score == pytest.approx(100.0)
     assert score.signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|")
+
+
+def test_tok_lc_does_not_warn_about_the_tokenisation_it_does_on_purpose(caplog) -> None:
+    """sacreBLEU warns when 100 lines end in a tokenised period; `bleu_tok_lc` tokenises on purpose, so
+    `lnmt-eval` must not print that advice (its cased `bleu` still gets sacreBLEU's checks)."""
+    lines = [f"Hund {i} läuft über die Wiese." for i in range(150)]
+    with caplog.at_level("WARNING"):
+        assert bleu_tok_lc(lines, lines, "de").score == pytest.approx(100.0)
+    assert not [r for r in caplog.records if r.name == "sacrebleu"]
