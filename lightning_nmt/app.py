@@ -30,7 +30,7 @@ from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
 from lightning_nmt.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, WriteError, is_write_error
 from lightning_nmt.kernels import cpu as cpu_kernels
-from lightning_nmt.models import model_keys
+from lightning_nmt.models import model_keys, model_options
 from lightning_nmt.models.search import DecodingConfig
 from lightning_nmt.module import TranslationModule, read_checkpoint
 from lightning_nmt.resume import (
@@ -313,8 +313,19 @@ def setup_process() -> None:
     install_hydra_relaunch()
 
 
+def check_model_options(cfg: DictConfig) -> None:
+    """A `model.*` value no model can be built from (a size below 1, dropout outside [0, 1), ...) is a
+    one-line `ConfigError`."""
+    try:
+        model_options(to_dict(cfg.model)).check()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def build_run(cfg: DictConfig, output_dir: Path) -> Run:
-    """Data, module, loggers, callbacks and trainer of a job; checks a checkpoint to resume from first."""
+    """Data, module, loggers, callbacks and trainer of a job; checks the model options (before any data is
+    read) and a checkpoint to resume from first."""
+    check_model_options(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, cfg.seed)
     datamodule.prepare_data()

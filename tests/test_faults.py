@@ -228,6 +228,24 @@ def test_gpu_trainer_without_a_gpu_is_one_line_listing_what_is_available(tmp_pat
         assert "accelerator=gpu, but this machine has no CUDA GPU; available here: cpu" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.dropout=1.5"], "model.dropout must be in [0, 1), got 1.5"),
+    (["model.encoder_hidden=0"], "model.encoder_hidden must be a positive integer, got 0"),
+    (["model=transformer", "model.nhead=3"], "model.d_model (256) must be divisible by model.nhead (3)"),
+    (["model=transformer", "model.transformer_layers=-1"], "model.transformer_layers must be a positive integer"),
+])
+def test_model_values_no_model_can_have_are_one_line_before_any_data_is_read(tmp_path, cache, capsys, overrides,
+                                                                             message):
+    """Before, torch's constructors raised from deep inside the module (a traceback, after the corpus was read)."""
+    cfg = config(tmp_path, cache, *overrides)
+    cfg.paths.cache_dir = cfg.data.cache_dir = str(tmp_path / "untouched")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train, cfg)
+    assert exit_info.value.code == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "untouched").exists()
+
+
 def test_progress_bar_counts_steps_when_only_max_steps_is_set(tmp_path, cache, monkeypatch):
     seen = []
     original = StepProgressBar.on_train_batch_end

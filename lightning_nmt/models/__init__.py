@@ -33,6 +33,8 @@ def model_options(cfg: Mapping[str, Any] | Any) -> ModelOptions:
 
 
 def build_model(cfg: Mapping[str, Any] | Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    """The model described by `cfg` (see `model_options`). An unknown type, attention or rnn_type is a
-    ValueError naming the valid values."""
-    return model_options(cfg).build(src_vocab_size, tgt_vocab_size)
+    """The model described by `cfg` (see `model_options`). An unknown type, attention or rnn_type, or a value
+    `ModelOptions.check` refuses, is a ValueError naming the key and the valid values."""
+    options = model_options(cfg)
+    options.check()
+    return options.build(src_vocab_size, tgt_vocab_size)

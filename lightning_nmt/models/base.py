@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -76,6 +76,18 @@ class ModelOptions(ABC):
     @abstractmethod
     def build(self, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
         """The model, untrained."""
+
+    def check(self) -> None:
+        """ValueError naming the `model.*` key of a value no model can be built from: every integer option
+        (a size, a number of layers or heads) must be positive and `dropout` in [0, 1). Subclasses add
+        their own rules."""
+        for option in fields(self):
+            value = getattr(self, option.name)
+            if option.type in (int, "int") and value < 1:
+                raise ValueError(f"model.{option.name} must be a positive integer, got {value}")
+        dropout = getattr(self, "dropout", 0.0)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
 
 
 MODEL_TYPES: dict[str, type[ModelOptions]] = {}

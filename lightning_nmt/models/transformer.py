@@ -229,6 +229,11 @@ class TransformerOptions(ModelOptions):
     dropout: float
     tie_embeddings: bool  # the target embeddings are the output layer's weights
 
+    def check(self) -> None:
+        super().check()
+        if self.d_model % self.nhead:
+            raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.nhead ({self.nhead})")
+
     def build(self, src_vocab_size: int, tgt_vocab_size: int) -> TransformerSeq2Seq:
         return TransformerSeq2Seq(src_vocab_size, tgt_vocab_size, self.d_model, self.nhead, self.ffn_dim,
                                   self.transformer_layers, self.dropout, self.tie_embeddings)
