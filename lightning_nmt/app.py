@@ -25,12 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_nmt.average import average_best, check_average_option
 from lightning_nmt.callbacks import ExampleTranslations, RunSummary, StepProgressBar, TestOutputs
+from lightning_nmt.config import check_values
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
 from lightning_nmt.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, WriteError, is_write_error
 from lightning_nmt.kernels import cpu as cpu_kernels
-from lightning_nmt.models import model_keys, model_options
+from lightning_nmt.models import model_keys
 from lightning_nmt.models.search import DecodingConfig
 from lightning_nmt.module import TranslationModule, read_checkpoint
 from lightning_nmt.resume import (
@@ -242,10 +243,15 @@ def inference_device(accelerator: str) -> torch.device:
     return torch.device("cpu")
 
 
-def decoding_overrides(decoding: DecodingConfig, cfg: DictConfig) -> DecodingConfig:
-    """A checkpoint's decoding settings with those `lnmt-eval` / `lnmt-translate` were given (not None)."""
-    given = {key: cfg[key] for key in ("beam_size", "length_penalty", "max_input_len") if cfg.get(key) is not None}
-    return replace(decoding, **given)
+def decoding_overrides(decoding: DecodingConfig, **given: Any) -> DecodingConfig:
+    """A checkpoint's decoding settings with those `lnmt-eval` / `lnmt-translate` were given (None: keep); a value
+    no search can use (`beam_size=0`) is a one-line `ConfigError`."""
+    decoding = replace(decoding, **{key: value for key, value in given.items() if value is not None})
+    try:
+        decoding.check()
+    except ValueError as err:
+        raise ConfigError(str(err).replace("decoding.", "")) from None
+    return decoding
 
 
 def _one_line(text: str) -> str:
@@ -313,19 +319,10 @@ def setup_process() -> None:
     install_hydra_relaunch()
 
 
-def check_model_options(cfg: DictConfig) -> None:
-    """A `model.*` value no model can be built from (a size below 1, dropout outside [0, 1), ...) is a
-    one-line `ConfigError`."""
-    try:
-        model_options(to_dict(cfg.model)).check()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
 def build_run(cfg: DictConfig, output_dir: Path) -> Run:
-    """Data, module, loggers, callbacks and trainer of a job; checks the model options (before any data is
-    read) and a checkpoint to resume from first."""
-    check_model_options(cfg)
+    """Data, module, loggers, callbacks and trainer of a job; checks the values (`config.check_values`, before
+    any data is read) and a checkpoint to resume from first."""
+    check_values(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, cfg.seed)
     datamodule.prepare_data()

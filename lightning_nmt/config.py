@@ -20,7 +20,8 @@ from lightning_nmt.data.datamodule import CORPORA, ParallelDataModule
 from lightning_nmt.data.sample import DEFAULT_SIZES as DEFAULT_SAMPLE_SIZES
 from lightning_nmt.data.tokenizer import DEFAULT_SETTINGS as _TOKENIZER
 from lightning_nmt.data.tokenizer import MODEL_TYPES as TOKENIZER_TYPES
-from lightning_nmt.models import MODEL_TYPES
+from lightning_nmt.errors import ConfigError
+from lightning_nmt.models import MODEL_TYPES, model_options
 from lightning_nmt.models.search import DecodingConfig
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -264,6 +265,29 @@ class TranslateConfig:
     max_input_len: int | None = None  # None: the checkpoint's decoding.max_input_len or training data.max_len
     accelerator: str = "cpu"
     speedups: Speedups = Speedups.auto  # auto: the CPU kernels with accelerator=cpu; off: plain PyTorch
+
+
+def check_values(cfg: Any) -> None:
+    """Ranges the schema's types cannot say, checked before any data is read: a `model.*` value no model can have
+    (`ModelOptions.check`), a `decoding.*` value no search can use (`DecodingConfig.check`), a learning rate,
+    weight decay, Adam beta, warm-up or label smoothing out of range. One-line `ConfigError` naming the key."""
+    rules = [
+        ("optim.lr", cfg.optim.lr, cfg.optim.lr > 0, "must be positive"),
+        ("optim.weight_decay", cfg.optim.weight_decay, cfg.optim.weight_decay >= 0, "must not be negative"),
+        ("optim.betas", list(cfg.optim.betas), all(0 <= b < 1 for b in cfg.optim.betas), "must be in [0, 1)"),
+        ("scheduler.warmup_steps", cfg.scheduler.warmup_steps, cfg.scheduler.warmup_steps >= 0,
+         "must not be negative"),
+        ("scheduler.factor", cfg.scheduler.factor, 0 < cfg.scheduler.factor < 1, "must be in (0, 1)"),
+        ("label_smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1, "must be in [0, 1)"),
+    ]
+    for key, value, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{key} {rule}, got {value}")
+    try:
+        model_options(cfg.model).check()
+        DecodingConfig.from_dict(dict(cfg.decoding)).check()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def register_configs() -> None:

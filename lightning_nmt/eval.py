@@ -33,7 +33,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     device = inference_device(cfg.accelerator)
     module = TranslationModule.load(cfg.ckpt_path)
     cpu_kernels.apply(module.model, cfg.speedups)  # the command line's speedups, not the checkpoint's
-    module.decoding = decoding_overrides(module.decoding, cfg)
+    module.decoding = decoding_overrides(module.decoding, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
+                                         max_input_len=cfg.max_input_len)
     data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(module.hparams.data)
     data_cfg["eval_max_tokens"] = cfg.batch_max_tokens
     datamodule = ParallelDataModule(**data_cfg)

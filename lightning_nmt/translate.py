@@ -16,7 +16,6 @@ import select
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,12 +24,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lightning_nmt.app import inference_device, run_cli
+from lightning_nmt.app import decoding_overrides, inference_device, run_cli
 from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.data.atomic import atomic_path
 from lightning_nmt.data.batching import collate
 from lightning_nmt.data.dataset import Example
 from lightning_nmt.data.errors import DataError
+from lightning_nmt.errors import ConfigError
 from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.module import TranslationModule
 from lightning_nmt.plotting import plot_attention
@@ -120,7 +120,7 @@ class Translator:
     def __init__(self, module: TranslationModule, max_tokens: int = 8192, **decoding: Any) -> None:
         """`decoding`: `DecodingConfig` fields replacing the checkpoint's (e.g. `beam_size=5`), None: keep."""
         self.module, self.max_tokens = module.eval(), max_tokens
-        module.decoding = replace(module.decoding, **{k: v for k, v in decoding.items() if v is not None})
+        module.decoding = decoding_overrides(module.decoding, **decoding)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", speedups: str | None = None,
@@ -216,6 +216,9 @@ def translate(cfg: DictConfig) -> None:
     translator = Translator.from_checkpoint(cfg.ckpt_path, cfg.accelerator, speedups=cfg.speedups,
                                             max_tokens=cfg.batch_max_tokens, beam_size=cfg.beam_size,
                                             length_penalty=cfg.length_penalty, max_input_len=cfg.max_input_len)
+    beam_size = translator.module.decoding.beam_size
+    if not 1 <= cfg.nbest <= beam_size:
+        raise ConfigError(f"nbest={cfg.nbest} needs 1 <= nbest <= beam_size (beam_size={beam_size}; set beam_size=N)")
     if cfg.input == "-":
         lines, name = stdin_lines(sys.stdin.fileno()), "standard input"
     else:

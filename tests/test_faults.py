@@ -233,10 +233,17 @@ def test_gpu_trainer_without_a_gpu_is_one_line_listing_what_is_available(tmp_pat
     (["model.encoder_hidden=0"], "model.encoder_hidden must be a positive integer, got 0"),
     (["model=transformer", "model.nhead=3"], "model.d_model (256) must be divisible by model.nhead (3)"),
     (["model=transformer", "model.transformer_layers=-1"], "model.transformer_layers must be a positive integer"),
+    (["optim.lr=-0.001"], "optim.lr must be positive, got -0.001"),
+    (["optim.betas=[0.9,1.0]"], "optim.betas must be in [0, 1)"),
+    (["label_smoothing=1.5"], "label_smoothing must be in [0, 1), got 1.5"),
+    (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps must not be negative"),
+    (["decoding.beam_size=0"], "decoding.beam_size must be at least 1"),
+    (["decoding.max_len_ratio=0", "decoding.max_len_offset=0"], "no output token fits"),
 ])
-def test_model_values_no_model_can_have_are_one_line_before_any_data_is_read(tmp_path, cache, capsys, overrides,
+def test_values_out_of_range_are_one_line_before_any_data_is_read(tmp_path, cache, capsys, overrides,
                                                                              message):
-    """Before, torch's constructors raised from deep inside the module (a traceback, after the corpus was read)."""
+    """Before, torch raised from deep inside the module or the optimizer (a traceback, after the corpus was read),
+    label smoothing 1.5 at the first step, beam_size=0 at the first validation, and a negative warm-up trained."""
     cfg = config(tmp_path, cache, *overrides)
     cfg.paths.cache_dir = cfg.data.cache_dir = str(tmp_path / "untouched")
     with pytest.raises(SystemExit) as exit_info:

@@ -138,3 +138,16 @@ def test_unreadable_input_and_bad_utf8_are_one_line_errors(checkpoint, tmp_path)
     for proc, fragment in ((missing, "cannot read"), (broken, "invalid UTF-8 in")):
         assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
     assert "at line 2" in broken.stderr and not (tmp_path / "out.txt").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["nbest=3"], "nbest=3 needs 1 <= nbest <= beam_size (beam_size=2"),
+    (["beam_size=0"], "beam_size must be at least 1"),
+    (["max_input_len=0"], "max_input_len must be at least 1"),
+])
+def test_decoding_values_no_search_can_use_are_one_line_errors(checkpoint, tmp_path, args, message):
+    """Before, nbest above the beam and beam_size=0 were tracebacks from inside the search, after the model
+    had loaded; max_input_len=0 was accepted."""
+    proc = cli([f"ckpt_path={checkpoint}", "input=-", f"output={tmp_path / 'out.txt'}", *args], stdin="a dog .\n")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.txt").exists()

@@ -59,6 +59,19 @@ class DecodingConfig:
     beam_stop: BeamStop = BeamStop.k_finished
     max_input_len: int | None = None  # longer sources are translated in segments; None: the training data.max_len
 
+    def check(self) -> None:
+        """ValueError naming the `decoding.*` key of a value no search can use."""
+        for key in ("beam_size", "val_beam_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"decoding.{key} must be at least 1 (1 is greedy), got {getattr(self, key)}")
+        for key in ("max_len_ratio", "max_len_offset", "min_len_ratio"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"decoding.{key} must not be negative, got {getattr(self, key)}")
+        if self.max_len_ratio == 0 and self.max_len_offset == 0:
+            raise ValueError("decoding.max_len_ratio and decoding.max_len_offset are both 0: no output token fits")
+        if self.max_input_len is not None and self.max_input_len < 1:
+            raise ValueError(f"decoding.max_input_len must be at least 1 (or null), got {self.max_input_len}")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DecodingConfig:
         """From a config or checkpoint dict; keys of older versions are ignored."""
