@@ -44,23 +44,24 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     results: dict[str, Any] = {}
+    lowercase = module.tokenizer.settings["lowercase"]  # a model trained on lowercased text: case is not scored
     for name in datamodule.test_names:
         prefix = "test" if name == "test" else f"test_{name}"
         hyps, refs = module.translations[name].hypotheses, datamodule.references(name)
-        cased, tok_lc = bleu(hyps, refs), bleu_tok_lc(hyps, refs, datamodule.tgt_lang)
+        cased, tok_lc = bleu(hyps, refs, lowercase), bleu_tok_lc(hyps, refs, datamodule.tgt_lang)
         results[name] = {
             "bleu": cased.score,
             "signature": cased.signature,
             "bleu_tok_lc": tok_lc.score,
             "signature_tok_lc": tok_lc.signature,
-            "chrf": chrf(hyps, refs).score,
+            "chrf": chrf(hyps, refs, lowercase).score,
             "loss": float(trainer.callback_metrics[f"{prefix}/loss"]),
             "ppl": float(trainer.callback_metrics[f"{prefix}/ppl"]),
             "sentences": len(hyps),
             "beam_size": module.decoding.beam_size,
             "length_penalty": module.decoding.length_penalty,
             "by_source_length": bleu_by_length(datamodule.sources(name), hyps, refs, cfg.length_buckets,
-                                               datamodule.tgt_lang),
+                                               datamodule.tgt_lang, lowercase),
         }
     output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "eval.json"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def bleu_by_length(sources: list[str], hyps: list[str], refs: list[str], buckets: int,
-                   tgt_lang: str) -> list[dict[str, Any]]:
+                   tgt_lang: str, lowercase: bool = False) -> list[dict[str, Any]]:
     """Corpus BLEU (`bleu`, and `bleu_tok_lc` for target language `tgt_lang`) of `buckets` equal-sized groups
     of sentences, from the shortest sources to the longest (source length in words); shows whether a model
     forgets long sentences."""
@@ -84,7 +85,7 @@ def bleu_by_length(sources: list[str], hyps: list[str], refs: list[str], buckets
         lengths = [len(sources[i].split()) for i in group]
         group_hyps, group_refs = [hyps[i] for i in group], [refs[i] for i in group]
         out.append({"min_words": min(lengths), "max_words": max(lengths), "sentences": len(group),
-                    "bleu": bleu(group_hyps, group_refs).score,
+                    "bleu": bleu(group_hyps, group_refs, lowercase).score,
                     "bleu_tok_lc": bleu_tok_lc(group_hyps, group_refs, tgt_lang).score})
     return out
 

@@ -26,9 +26,10 @@ class Score:
     signature: str
 
 
-def bleu(hypotheses: list[str], references: list[str]) -> Score:
-    """Cased sacreBLEU of detokenized text (tokenisation `13a`): compares with any sacreBLEU signature."""
-    metric = sacrebleu.metrics.BLEU()
+def bleu(hypotheses: list[str], references: list[str], lowercase: bool = False) -> Score:
+    """Cased sacreBLEU of detokenized text (tokenisation `13a`): compares with any sacreBLEU signature.
+    `lowercase` (for a model trained on lowercased text): case-insensitive, `case:lc` in the signature."""
+    metric = sacrebleu.metrics.BLEU(lowercase=lowercase)
     return Score(metric.corpus_score(hypotheses, [references]).score, str(metric.get_signature()))
 
 
@@ -42,9 +43,10 @@ def bleu_tok_lc(hypotheses: list[str], references: list[str], lang: str) -> Scor
     return Score(score.score, f"{metric.get_signature()}|moses:{lang}")
 
 
-def chrf(hypotheses: list[str], references: list[str]) -> Score:
-    """sacreBLEU's chrF (character 6-grams, beta 2, no word n-grams), computed on detokenized text."""
-    metric = sacrebleu.metrics.CHRF()
+def chrf(hypotheses: list[str], references: list[str], lowercase: bool = False) -> Score:
+    """sacreBLEU's chrF (character 6-grams, beta 2, no word n-grams), computed on detokenized text;
+    case-insensitive with `lowercase`."""
+    metric = sacrebleu.metrics.CHRF(lowercase=lowercase)
     return Score(metric.corpus_score(hypotheses, [references]).score, str(metric.get_signature()))
 
 

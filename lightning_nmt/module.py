@@ -41,12 +41,13 @@ class EvalMetrics(nn.Module):
         self.nll = SumMetric()
         self.tokens = SumMetric()
 
-    def compute(self, translations: Translations, tgt_lang: str | None) -> dict[str, float]:
+    def compute(self, translations: Translations, tgt_lang: str | None, lowercase: bool) -> dict[str, float]:
+        """`lowercase`: the model writes lowercase text (`data.tokenizer.lowercase`), so BLEU and chrF ignore case."""
         nll, tokens = self.nll.compute(), self.tokens.compute().clamp(min=1)
         loss = (nll / tokens).item()
         hyps, refs = translations.hypotheses, translations.references
-        scores = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": metrics.bleu(hyps, refs).score,
-                  "chrf": metrics.chrf(hyps, refs).score}
+        scores = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bleu": metrics.bleu(hyps, refs, lowercase).score,
+                  "chrf": metrics.chrf(hyps, refs, lowercase).score}
         if tgt_lang:
             scores["bleu_tok_lc"] = metrics.bleu_tok_lc(hyps, refs, tgt_lang).score
         return scores
@@ -278,7 +279,7 @@ class TranslationModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.translations["val"] = self._gather("val")
-        scores = self.val_metrics.compute(self.translations["val"], None)
+        scores = self.val_metrics.compute(self.translations["val"], None, self.tokenizer.settings["lowercase"])
         self.val_metrics.reset()
         self.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=False)
         fitting = self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
@@ -305,7 +306,7 @@ class TranslationModule(L.LightningModule):
         for name, split_metrics in zip(self._eval_names, self.test_metrics, strict=False):
             prefix = "test" if name == "test" else f"test_{name}"
             self.translations[name] = self._gather(name)
-            scores = split_metrics.compute(self.translations[name], tgt_lang)
+            scores = split_metrics.compute(self.translations[name], tgt_lang, self.tokenizer.settings["lowercase"])
             self.log_dict({f"{prefix}/{k}": v for k, v in scores.items()}, sync_dist=False,
                           add_dataloader_idx=False)
 
