@@ -15,6 +15,7 @@ from lightning_nmt.app import decoding_overrides, inference_device, run_cli, to_
 from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.errors import ConfigError
 from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.metrics import bleu, bleu_tok_lc, chrf
 from lightning_nmt.module import TranslationModule
@@ -36,6 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.decoding = decoding_overrides(module.decoding, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
                                          max_input_len=cfg.max_input_len)
     data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(module.hparams.data)
+    check_direction(module.hparams.data, data_cfg)
     data_cfg["eval_max_tokens"] = cfg.batch_max_tokens
     datamodule = ParallelDataModule(**data_cfg)
     datamodule.prepare_data()
@@ -69,6 +71,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     atomic_write_text(output, text + "\n")
     print(text)
     return results
+
+
+def check_direction(trained: dict[str, Any], data: dict[str, Any]) -> None:
+    """`data` must be in the direction the checkpoint translates: a model trained en->de scored on a de->en set
+    would print a BLEU near 0, not an error."""
+    given = (data.get("src_lang"), data.get("tgt_lang"))
+    expected = (trained.get("src_lang"), trained.get("tgt_lang"))
+    if None not in expected and given != expected:
+        raise ConfigError(f"the checkpoint translates {expected[0]}->{expected[1]}, but data is "
+                          f"{given[0]}->{given[1]}: pass data.src_lang={expected[0]} data.tgt_lang={expected[1]}")
 
 
 def bleu_by_length(sources: list[str], hyps: list[str], refs: list[str], buckets: int,

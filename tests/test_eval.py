@@ -19,3 +19,14 @@ def test_bleu_by_length_groups_and_scores() -> None:
     assert groups[2]["bleu"] < 90.0
     assert groups[2]["bleu_tok_lc"] > groups[2]["bleu"]  # the upper-cased sentence counts as correct
     assert groups[2]["bleu_tok_lc"] < 90.0
+
+
+def test_data_in_the_other_direction_than_the_checkpoint_is_an_error() -> None:
+    """An en->de model scored on de->en data printed a BLEU near 0 without a word."""
+    from lightning_nmt.errors import ConfigError
+    from lightning_nmt.eval import check_direction
+
+    trained = {"corpus": "multi30k", "src_lang": "en", "tgt_lang": "de"}
+    check_direction(trained, {"corpus": "files", "src_lang": "en", "tgt_lang": "de"})
+    with pytest.raises(ConfigError, match="translates en->de, but data is de->en: pass data.src_lang=en "):
+        check_direction(trained, {"corpus": "multi30k", "src_lang": "de", "tgt_lang": "en"})
