@@ -283,6 +283,8 @@ def check_values(cfg: Any) -> None:
     for key, value, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{key} {rule}, got {value}")
+    if cfg.model.get("share_embeddings") and not cfg.data.tokenizer.joint:
+        raise ConfigError("model.share_embeddings needs one vocabulary for both sides: set data.tokenizer.joint=true")
     try:
         model_options(cfg.model).check()
         DecodingConfig.from_dict(dict(cfg.decoding)).check()

@@ -239,6 +239,8 @@ def test_gpu_trainer_without_a_gpu_is_one_line_listing_what_is_available(tmp_pat
     (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps must not be negative"),
     (["decoding.beam_size=0"], "decoding.beam_size must be at least 1"),
     (["decoding.max_len_ratio=0", "decoding.max_len_offset=0"], "no output token fits"),
+    (["model=transformer", "model.share_embeddings=true", "data.tokenizer.joint=false"],
+     "model.share_embeddings needs one vocabulary for both sides: set data.tokenizer.joint=true"),
 ])
 def test_values_out_of_range_are_one_line_before_any_data_is_read(tmp_path, cache, capsys, overrides,
                                                                              message):

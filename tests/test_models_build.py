@@ -136,3 +136,29 @@ def test_tied_embeddings_share_the_weight(overrides, projected):
     hidden, _ = model(b["src"], b["src_lengths"], b["tgt_in"])
     model.project(hidden).sum().backward()
     assert embedding.weight.grad is not None and embedding.weight.grad.abs().sum() > 0
+
+
+def test_shared_embeddings_are_one_matrix_for_source_target_and_output():
+    """`model.share_embeddings` (fairseq's --share-all-embeddings with tie_embeddings): one V x d matrix, which the
+    gradients of the encoder input, decoder input and output all reach."""
+    separate = small_model(type="transformer", tie_embeddings=True)
+    shared = small_model(type="transformer", tie_embeddings=True, share_embeddings=True)
+    assert shared.src_embed is shared.tgt_embed and shared.output.weight is shared.src_embed.weight
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(separate) - count(shared) == 20 * 16
+    b = random_batch(0, size=2)
+    hidden, _ = shared(b["src"], b["src_lengths"], b["tgt_in"])
+    shared.project(hidden).sum().backward()
+    source_only = sorted(set(b["src"].flatten().tolist()) - set(b["tgt_in"].flatten().tolist()) - {PAD_ID})
+    assert source_only and shared.src_embed.weight.grad[source_only].abs().sum() > 0
+    with pytest.raises(ValueError, match="share_embeddings needs one vocabulary for both sides"):
+        small_model(type="transformer", tie_embeddings=True, share_embeddings=True, src_vocab=30)
+
+
+def test_options_newer_than_a_checkpoint_take_their_default():
+    """A checkpoint's model hyperparameters from before `share_embeddings` existed still build (unshared)."""
+    old = {k: v for k, v in SMALL.items()}
+    model = build_model({**old, "type": "transformer"}, 20, 20)
+    assert model.src_embed is not model.tgt_embed
+    with pytest.raises(KeyError):
+        build_model({k: v for k, v in old.items() if k != "d_model"} | {"type": "transformer"}, 20, 20)

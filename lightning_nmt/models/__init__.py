@@ -7,7 +7,7 @@ Each model type declares what it reads (`ModelOptions`) next to its code and reg
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
 from lightning_nmt.models import rnn, transformer  # noqa: F401  (they register their model types)
@@ -29,7 +29,14 @@ def model_options(cfg: Mapping[str, Any] | Any) -> ModelOptions:
     get = cfg.__getitem__ if isinstance(cfg, Mapping) else lambda name: getattr(cfg, name)
     model_type = get("type")
     options = lookup(MODEL_TYPES, model_type, "model type")
-    return options(**{name: get(name) for name in model_keys(model_type)})
+    values = {}
+    for option in fields(options):
+        try:
+            values[option.name] = get(option.name)
+        except (KeyError, AttributeError):  # an option newer than the checkpoint: its default, if it has one
+            if option.default is MISSING:
+                raise
+    return options(**values)
 
 
 def build_model(cfg: Mapping[str, Any] | Any, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:

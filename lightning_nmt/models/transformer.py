@@ -130,7 +130,9 @@ class DecoderCache:
 class TransformerSeq2Seq(Seq2Seq):
     """Encoder (`nn.TransformerEncoder`, pre-norm) and decoder (`DecoderLayer`s) of `num_layers` each.
 
-    Embeddings are initialised N(0, 1/d_model) and scaled by sqrt(d_model). Decoding reads one position per
+    Embeddings are initialised N(0, 1/d_model) and scaled by sqrt(d_model); with `share_embeddings` the source
+    and target embeddings are one matrix (one vocabulary for both sides), and with `tie_embeddings` it is also the
+    output layer's (fairseq's `--share-all-embeddings`). Decoding reads one position per
     step and keeps each decoder layer's self-attention keys and values (`DecoderCache`), so a step costs the
     same at every position instead of recomputing the prefix; the source's cross-attention keys and values
     are projected once (`encode` in eval mode).
@@ -146,10 +148,15 @@ class TransformerSeq2Seq(Seq2Seq):
         num_layers: int,
         dropout: float,
         tie_embeddings: bool,
+        share_embeddings: bool = False,
     ) -> None:
         super().__init__()
+        if share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise ValueError(f"model.share_embeddings needs one vocabulary for both sides (data.tokenizer.joint=true); "
+                             f"got {src_vocab_size} source and {tgt_vocab_size} target pieces")
         self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=PAD_ID)
-        self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=PAD_ID)
+        self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab_size, d_model,
+                                                                              padding_idx=PAD_ID)
         self.scale = math.sqrt(d_model)
         self.positions = PositionalEncoding(d_model)
         self.dropout = nn.Dropout(dropout)
@@ -228,6 +235,7 @@ class TransformerOptions(ModelOptions):
     transformer_layers: int
     dropout: float
     tie_embeddings: bool  # the target embeddings are the output layer's weights
+    share_embeddings: bool = False  # one embedding matrix for source and target (needs a joint vocabulary)
 
     def check(self) -> None:
         super().check()
@@ -236,4 +244,4 @@ class TransformerOptions(ModelOptions):
 
     def build(self, src_vocab_size: int, tgt_vocab_size: int) -> TransformerSeq2Seq:
         return TransformerSeq2Seq(src_vocab_size, tgt_vocab_size, self.d_model, self.nhead, self.ffn_dim,
-                                  self.transformer_layers, self.dropout, self.tie_embeddings)
+                                  self.transformer_layers, self.dropout, self.tie_embeddings, self.share_embeddings)
