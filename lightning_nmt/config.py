@@ -239,7 +239,7 @@ class EvalConfig:
     data: DataConfig | None = None  # None: the corpus the checkpoint was trained on
     beam_size: int | None = None  # None: the checkpoint's decoding.beam_size
     batch_max_tokens: int = 8192
-    output: str | None = None  # JSON file; default: <hydra run dir>/eval.json
+    output: str | None = None  # JSON file (translations beside it); default: <hydra run dir>/eval.json
     length_penalty: float | None = None  # None: the checkpoint's decoding.length_penalty
     length_buckets: int = 3  # also report BLEU of the shortest ... longest third of the sources
     split: str = "test"  # test: the test sets (data.test, data.extra_tests); val: tune beam/length penalty there

@@ -27,7 +27,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the checkpoint on every test set of `data` (default: the corpus it was trained on); with
     `split=val` on its validation set instead.
 
-    Returns {test set: {bleu, signature, bleu_tok_lc, signature_tok_lc, chrf, loss, ppl, sentences, ...}}:
+    Returns {test set: {bleu, signature, bleu_tok_lc, signature_tok_lc, chrf, loss, ppl, sentences, hypotheses,
+    ...}} (`hypotheses`: the file of its translations, `<output stem>.<test set>.hyp.txt`):
     `bleu` and `chrf` are sacreBLEU's corpus scores (the torchmetrics values logged during training agree with
     them), `bleu_tok_lc` the lowercased Moses-tokenised BLEU of published Multi30k results (`metrics.py`).
     """
@@ -67,6 +68,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         }
     output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "eval.json"
     output.parent.mkdir(parents=True, exist_ok=True)
+    for name in results:  # the translations, one per line, next to the scores: <output stem>.<set>.hyp.txt
+        hyp_path = output.with_name(f"{output.stem}.{name}.hyp.txt")
+        atomic_write_text(hyp_path, "".join(f"{line}\n" for line in module.translations[name].hypotheses))
+        results[name]["hypotheses"] = str(hyp_path)
     text = json.dumps({"ckpt_path": str(cfg.ckpt_path), "results": results}, indent=2)
     atomic_write_text(output, text + "\n")
     print(text)

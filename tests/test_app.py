@@ -104,6 +104,8 @@ def test_eval_scores_checkpoint(trained_run: Path, tmp_path: Path) -> None:
     assert result["sentences"] == 40 and result["beam_size"] == 1
     assert result["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     assert 0.0 <= result["bleu"] <= 100.0 and result["ppl"] > 1.0
+    hyps = (tmp_path / "eval.test.hyp.txt").read_text().split("\n")
+    assert result["hypotheses"] == str(tmp_path / "eval.test.hyp.txt") and len(hyps) == 41 and hyps[-1] == ""
 
 
 def test_missing_corpus_file_is_one_line_error(tmp_path: Path) -> None:
