@@ -206,7 +206,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_logger: bool) -> list
 def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Logger], callbacks: list[L.Callback],
                   checkpoint_io: AtomicCheckpointIO) -> L.Trainer:
     """The Lightning Trainer of `cfg.trainer`; an accelerator, device count or strategy this machine cannot
-    run is a one-line `ConfigError` listing what is available."""
+    run is a one-line `ConfigError` listing what is available, another value Lightning refuses one naming it."""
     try:
         return L.Trainer(
             **to_dict(cfg.trainer), default_root_dir=str(output_dir), logger=loggers or False,
@@ -216,6 +216,8 @@ def build_trainer(cfg: DictConfig, output_dir: Path, loggers: list[Logger], call
         raise ConfigError(f"trainer: {_one_line(str(err))} (trainer.accelerator={cfg.trainer.accelerator}, "
                           f"trainer.devices={cfg.trainer.devices}; available here: {available_accelerators()})"
                           ) from None
+    except ValueError as err:  # a value Lightning refuses, e.g. trainer.precision=fp8 (it lists the valid ones)
+        raise ConfigError(f"trainer: {_one_line(str(err))}") from None
 
 
 def available_accelerators() -> str:

@@ -23,6 +23,7 @@ from lightning_nmt.data.tokenizer import MODEL_TYPES as TOKENIZER_TYPES
 from lightning_nmt.errors import ConfigError
 from lightning_nmt.models import MODEL_TYPES, model_options
 from lightning_nmt.models.search import DecodingConfig
+from lightning_nmt.module import VAL_METRICS
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 """The `conf/` directory of the source tree (an absolute path, so console scripts find it)."""
@@ -279,10 +280,25 @@ def check_values(cfg: Any) -> None:
          "must not be negative"),
         ("scheduler.factor", cfg.scheduler.factor, 0 < cfg.scheduler.factor < 1, "must be in (0, 1)"),
         ("label_smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1, "must be in [0, 1)"),
+        ("scheduler.patience", cfg.scheduler.patience, cfg.scheduler.patience >= 0, "must not be negative"),
+        ("scheduler.min_lr", cfg.scheduler.min_lr, cfg.scheduler.min_lr >= 0, "must not be negative"),
+        ("optim.max_nonfinite_steps", cfg.optim.max_nonfinite_steps, cfg.optim.max_nonfinite_steps >= 0,
+         "must not be negative"),
     ]
     for key, value, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{key} {rule}, got {value}")
+    monitors = [f"val/{name}" for name in VAL_METRICS]
+    for key in ("model_checkpoint", "early_stopping"):
+        callback = cfg.callbacks[key]
+        if callback.monitor not in monitors:
+            raise ConfigError(f"callbacks.{key}.monitor={callback.monitor!r} is not logged; "
+                              f"valid: {', '.join(monitors)}")
+        if callback.mode not in ("min", "max"):
+            raise ConfigError(f"callbacks.{key}.mode must be min or max, got {callback.mode!r}")
+    if cfg.callbacks.early_stopping.patience < 0:
+        raise ConfigError(f"callbacks.early_stopping.patience must not be negative, got "
+                          f"{cfg.callbacks.early_stopping.patience}")
     if cfg.model.get("share_embeddings") and not cfg.data.tokenizer.joint:
         raise ConfigError("model.share_embeddings needs one vocabulary for both sides: set data.tokenizer.joint=true")
     try:

@@ -31,6 +31,10 @@ from lightning_nmt.models.search import DecodingConfig, SearchResult, search
 log = logging.getLogger("lightning_nmt")
 
 
+VAL_METRICS = ("loss", "ppl", "bleu", "chrf")
+"""What each validation logs (as `val/<name>`): the values `callbacks.*.monitor` may name."""
+
+
 class EvalMetrics(nn.Module):
     """The loss of one evaluation set: states summed across DDP ranks, so each sentence counts exactly once when
     the ranks hold disjoint shards. BLEU and chrF are scored on the gathered translations (`lightning_nmt.metrics`,
