@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,9 @@ class ResumeState(L.Callback):
         sampler = getattr(trainer.datamodule, "train_sampler", None)
         if sampler is not None:
             sampler.load_state_dict(state["sampler"])
+            # Lightning then warns that a mid-epoch resume "can cause unreliable results": not so here, the
+            # sampler continues after the last trained batch.
+            warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
         self._pending_rng = state["rng"]
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
