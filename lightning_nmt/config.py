@@ -270,8 +270,9 @@ class TranslateConfig:
 
 def check_values(cfg: Any) -> None:
     """Ranges the schema's types cannot say, checked before any data is read: a `model.*` value no model can have
-    (`ModelOptions.check`), a `decoding.*` value no search can use (`DecodingConfig.check`), a learning rate,
-    weight decay, Adam beta, warm-up or label smoothing out of range. One-line `ConfigError` naming the key."""
+    (`ModelOptions.check`), a `decoding.*` value no search can use (`DecodingConfig.check`), an optimizer,
+    scheduler or label smoothing value out of range, a callback monitoring what validation does not log.
+    One-line `ConfigError` naming the key."""
     rules = [
         ("optim.lr", cfg.optim.lr, cfg.optim.lr > 0, "must be positive"),
         ("optim.weight_decay", cfg.optim.weight_decay, cfg.optim.weight_decay >= 0, "must not be negative"),
@@ -284,6 +285,8 @@ def check_values(cfg: Any) -> None:
         ("scheduler.min_lr", cfg.scheduler.min_lr, cfg.scheduler.min_lr >= 0, "must not be negative"),
         ("optim.max_nonfinite_steps", cfg.optim.max_nonfinite_steps, cfg.optim.max_nonfinite_steps >= 0,
          "must not be negative"),
+        ("callbacks.early_stopping.patience", cfg.callbacks.early_stopping.patience,
+         cfg.callbacks.early_stopping.patience >= 0, "must not be negative"),
     ]
     for key, value, ok, rule in rules:
         if not ok:
@@ -296,9 +299,6 @@ def check_values(cfg: Any) -> None:
                               f"valid: {', '.join(monitors)}")
         if callback.mode not in ("min", "max"):
             raise ConfigError(f"callbacks.{key}.mode must be min or max, got {callback.mode!r}")
-    if cfg.callbacks.early_stopping.patience < 0:
-        raise ConfigError(f"callbacks.early_stopping.patience must not be negative, got "
-                          f"{cfg.callbacks.early_stopping.patience}")
     if cfg.model.get("share_embeddings") and not cfg.data.tokenizer.joint:
         raise ConfigError("model.share_embeddings needs one vocabulary for both sides: set data.tokenizer.joint=true")
     try:
