@@ -162,3 +162,23 @@ def test_options_newer_than_a_checkpoint_take_their_default():
     assert model.src_embed is not model.tgt_embed
     with pytest.raises(KeyError):
         build_model({k: v for k, v in old.items() if k != "d_model"} | {"type": "transformer"}, 20, 20)
+
+
+def test_transformer_dropout_placement_follows_fairseq_options():
+    """`dropout` on block outputs; `attention_dropout` / `activation_dropout` (None: `dropout`) on the attention
+    weights and after the feed-forward ReLU, in every encoder and decoder layer."""
+    default = small_model(type="transformer", dropout=0.3)
+    apart = small_model(type="transformer", dropout=0.3, attention_dropout=0.0, activation_dropout=0.1)
+    for model, attention, activation in ((default, 0.3, 0.3), (apart, 0.0, 0.1)):
+        for layer in model.encoder.layers:
+            assert (layer.self_attn.dropout, layer.dropout.p, layer.dropout1.p) == (attention, activation, 0.3)
+        for layer in model.decoder_layers:
+            assert layer.self_attn.dropout == layer.cross_attn.dropout == attention
+            assert (layer.ffn[2].p, layer.dropout.p) == (activation, 0.3)
+    torch.manual_seed(0)
+    b = random_batch(0, size=4)
+    apart.train()
+    hidden, _ = apart(b["src"], b["src_lengths"], b["tgt_in"])
+    assert torch.isfinite(hidden).all()
+    with pytest.raises(ValueError, match=r"model.attention_dropout must be in \[0, 1\), got 1.5"):
+        build_model({**SMALL, "type": "transformer", "attention_dropout": 1.5}, 20, 20)

@@ -79,15 +79,14 @@ class ModelOptions(ABC):
 
     def check(self) -> None:
         """ValueError naming the `model.*` key of a value no model can be built from: every integer option
-        (a size, a number of layers or heads) must be positive and `dropout` in [0, 1). Subclasses add
+        (a size, a number of layers or heads) must be positive and every `*dropout` in [0, 1). Subclasses add
         their own rules."""
         for option in fields(self):
             value = getattr(self, option.name)
             if option.type in (int, "int") and value < 1:
                 raise ValueError(f"model.{option.name} must be a positive integer, got {value}")
-        dropout = getattr(self, "dropout", 0.0)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+            if option.name.endswith("dropout") and value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"model.{option.name} must be in [0, 1), got {value}")
 
 
 MODEL_TYPES: dict[str, type[ModelOptions]] = {}

@@ -43,12 +43,15 @@ class DecoderLayer(nn.Module):
     """Pre-norm decoder layer: causal self-attention, cross-attention, feed-forward, each a residual
     block. Unlike `nn.TransformerDecoderLayer` it can return its cross-attention weights."""
 
-    def __init__(self, d_model: int, nhead: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, d_model: int, nhead: int, ffn_dim: int, dropout: float, attention_dropout: float,
+                 activation_dropout: float) -> None:
+        """`dropout` on each block's output (residual), `attention_dropout` on the attention weights,
+        `activation_dropout` after the feed-forward ReLU (fairseq's three)."""
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=attention_dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=attention_dropout, batch_first=True)
         self.ffn = nn.Sequential(
-            nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ffn_dim, d_model)
+            nn.Linear(d_model, ffn_dim), nn.ReLU(), nn.Dropout(activation_dropout), nn.Linear(ffn_dim, d_model)
         )
         self.norm_self, self.norm_cross, self.norm_ffn = (nn.LayerNorm(d_model) for _ in range(3))
         self.dropout = nn.Dropout(dropout)
@@ -149,6 +152,8 @@ class TransformerSeq2Seq(Seq2Seq):
         dropout: float,
         tie_embeddings: bool,
         share_embeddings: bool = False,
+        attention_dropout: float | None = None,
+        activation_dropout: float | None = None,
     ) -> None:
         super().__init__()
         if share_embeddings and src_vocab_size != tgt_vocab_size:
@@ -160,14 +165,19 @@ class TransformerSeq2Seq(Seq2Seq):
         self.scale = math.sqrt(d_model)
         self.positions = PositionalEncoding(d_model)
         self.dropout = nn.Dropout(dropout)
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
+        activation_dropout = dropout if activation_dropout is None else activation_dropout
         layer = nn.TransformerEncoderLayer(
             d_model, nhead, ffn_dim, dropout, batch_first=True, norm_first=True
         )
+        layer.self_attn.dropout = attention_dropout  # nn.TransformerEncoderLayer takes one rate for all three
+        layer.dropout.p = activation_dropout  # the one after the feed-forward activation
         self.encoder = nn.TransformerEncoder(
             layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
         )
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(d_model, nhead, ffn_dim, dropout) for _ in range(num_layers)
+            DecoderLayer(d_model, nhead, ffn_dim, dropout, attention_dropout, activation_dropout)
+            for _ in range(num_layers)
         )
         self.decoder_norm = nn.LayerNorm(d_model)
         self.output = output_layer(d_model, tgt_vocab_size, self.tgt_embed if tie_embeddings else None)
@@ -227,7 +237,8 @@ class TransformerSeq2Seq(Seq2Seq):
 @dataclass
 class TransformerOptions(ModelOptions):
     """`model=transformer`: d_model is also the embedding size; `transformer_layers` encoder and decoder
-    layers each."""
+    layers each; `dropout` on the embeddings and every block's output, and unless set apart on the attention
+    weights and the feed-forward activation (fairseq: `--attention-dropout`, `--activation-dropout`, default 0)."""
 
     d_model: int
     nhead: int
@@ -236,6 +247,8 @@ class TransformerOptions(ModelOptions):
     dropout: float
     tie_embeddings: bool  # the target embeddings are the output layer's weights
     share_embeddings: bool = False  # one embedding matrix for source and target (needs a joint vocabulary)
+    attention_dropout: float | None = None  # on the attention weights; None (checkpoints from before): `dropout`
+    activation_dropout: float | None = None  # after the feed-forward ReLU; None: `dropout`
 
     def check(self) -> None:
         super().check()
@@ -244,4 +257,5 @@ class TransformerOptions(ModelOptions):
 
     def build(self, src_vocab_size: int, tgt_vocab_size: int) -> TransformerSeq2Seq:
         return TransformerSeq2Seq(src_vocab_size, tgt_vocab_size, self.d_model, self.nhead, self.ffn_dim,
-                                  self.transformer_layers, self.dropout, self.tie_embeddings, self.share_embeddings)
+                                  self.transformer_layers, self.dropout, self.tie_embeddings, self.share_embeddings,
+                                  self.attention_dropout, self.activation_dropout)
