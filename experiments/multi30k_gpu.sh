@@ -18,12 +18,18 @@ launch() {  # launch NAME OVERRIDES...: one run in the background, its log in RU
   OMP_NUM_THREADS=2 $train "$@" "${common[@]}" "hydra.run.dir=$runs/$name" >"$runs/$name.log" 2>&1 &
 }
 
-for score in general dot concat scaled_dot; do  # the score function is chosen on val BLEU
-  launch "attention_${score}_ende" experiment=multi30k_attention model.attention=$score
-done
-launch attention_general_deen experiment=multi30k_attention "${deen[@]}"
+# the recipes, both directions (the score function was chosen on val by an earlier sweep: concat)
+launch attention_concat_ende experiment=multi30k_attention
+launch attention_concat_deen experiment=multi30k_attention "${deen[@]}"
 launch transformer_ende experiment=multi30k_transformer
 launch transformer_deen experiment=multi30k_transformer "${deen[@]}"
 launch basic_ende experiment=multi30k_basic
+# ablations toward the anchors' recipes (experiments/README.md, "Not reached"): LIUM's small batches,
+# fairseq's dropout placement and shared embeddings (Wu et al.)
+launch attention_small_batch_ende experiment=multi30k_attention data.max_tokens=512 optim.lr=0.0005 \
+  trainer.val_check_interval=2000
+launch transformer_fairseq_dropout_ende experiment=multi30k_transformer model.attention_dropout=0 \
+  model.activation_dropout=0
+launch transformer_shared_embeddings_ende experiment=multi30k_transformer model.share_embeddings=true
 wait
 grep -H -o '"bleu_tok_lc": [0-9.]*' "$runs"/*/metrics.json
