@@ -291,8 +291,9 @@ def check_values(cfg: Any) -> None:
     for key, value, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{key} {rule}, got {value}")
-    monitors = [f"val/{name}" for name in VAL_METRICS]
-    for key in ("model_checkpoint", "early_stopping"):
+    monitors = [f"val/{name}" for name in VAL_METRICS] + ["train/loss"]
+    checked = ["model_checkpoint"] + (["early_stopping"] if cfg.callbacks.early_stopping.enabled else [])
+    for key in checked:
         callback = cfg.callbacks[key]
         if callback.monitor not in monitors:
             raise ConfigError(f"callbacks.{key}.monitor={callback.monitor!r} is not logged; "
@@ -300,7 +301,7 @@ def check_values(cfg: Any) -> None:
         if callback.mode not in ("min", "max"):
             raise ConfigError(f"callbacks.{key}.mode must be min or max, got {callback.mode!r}")
     if cfg.model.get("share_embeddings") and not cfg.data.tokenizer.joint:
-        raise ConfigError("model.share_embeddings needs one vocabulary for both sides: set data.tokenizer.joint=true")
+        raise ConfigError("model.share_embeddings needs one vocabulary for both sides (data.tokenizer.joint=true)")
     try:
         model_options(cfg.model).check()
         DecodingConfig.from_dict(dict(cfg.decoding)).check()

@@ -38,7 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.decoding = decoding_overrides(module.decoding, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
                                          max_input_len=cfg.max_input_len)
     data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(module.hparams.data)
-    check_direction(module.hparams.data, data_cfg)
+    check_direction(module.hparams.data or {}, data_cfg)
     data_cfg["eval_max_tokens"] = cfg.batch_max_tokens
     datamodule = ParallelDataModule(**data_cfg)
     datamodule.prepare_data()
@@ -51,10 +51,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     for name in datamodule.test_names:
         prefix = "test" if name == "test" else f"test_{name}"
         hyps, refs = module.translations[name].hypotheses, datamodule.references(name)
-        cased, tok_lc = bleu(hyps, refs, lowercase), bleu_tok_lc(hyps, refs, datamodule.tgt_lang)
+        sacre, tok_lc = bleu(hyps, refs, lowercase), bleu_tok_lc(hyps, refs, datamodule.tgt_lang)
         results[name] = {
-            "bleu": cased.score,
-            "signature": cased.signature,
+            "bleu": sacre.score,
+            "signature": sacre.signature,
             "bleu_tok_lc": tok_lc.score,
             "signature_tok_lc": tok_lc.signature,
             "chrf": chrf(hyps, refs, lowercase).score,
@@ -79,20 +79,21 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def check_direction(trained: dict[str, Any], data: dict[str, Any]) -> None:
-    """`data` must be in the direction the checkpoint translates: a model trained en->de scored on a de->en set
-    would print a BLEU near 0, not an error."""
-    given = (data.get("src_lang"), data.get("tgt_lang"))
-    expected = (trained.get("src_lang"), trained.get("tgt_lang"))
-    if None not in expected and given != expected:
-        raise ConfigError(f"the checkpoint translates {expected[0]}->{expected[1]}, but data is "
-                          f"{given[0]}->{given[1]}: pass data.src_lang={expected[0]} data.tgt_lang={expected[1]}")
+    """`data` must not be the checkpoint's language pair reversed: a model trained en->de scored on de->en would
+    print a BLEU near 0, not an error. (Other pairs pass: a corpus may label its languages differently.)"""
+    trained_pair = (trained.get("src_lang"), trained.get("tgt_lang"))
+    if None not in trained_pair and trained_pair[0] != trained_pair[1] \
+            and (data.get("src_lang"), data.get("tgt_lang")) == trained_pair[::-1]:
+        src, tgt = trained_pair
+        raise ConfigError(f"the checkpoint translates {src}->{tgt}, but data is {tgt}->{src}: "
+                          f"pass data.src_lang={src} data.tgt_lang={tgt}")
 
 
 def bleu_by_length(sources: list[str], hyps: list[str], refs: list[str], buckets: int,
                    tgt_lang: str, lowercase: bool = False) -> list[dict[str, Any]]:
     """Corpus BLEU (`bleu`, and `bleu_tok_lc` for target language `tgt_lang`) of `buckets` equal-sized groups
     of sentences, from the shortest sources to the longest (source length in words); shows whether a model
-    forgets long sentences."""
+    forgets long sentences. `lowercase`: case-insensitive `bleu` (a model trained on lowercased text)."""
     order = sorted(range(len(sources)), key=lambda i: len(sources[i].split()))
     groups = [order[k * len(order) // buckets:(k + 1) * len(order) // buckets] for k in range(buckets)]
     out = []

@@ -32,7 +32,7 @@ log = logging.getLogger("lightning_nmt")
 
 
 VAL_METRICS = ("loss", "ppl", "bleu", "chrf")
-"""What each validation logs (as `val/<name>`): the values `callbacks.*.monitor` may name."""
+"""What each validation logs (as `val/<name>`, `EvalMetrics.compute`): what `callbacks.*.monitor` may name."""
 
 
 class EvalMetrics(nn.Module):

@@ -179,3 +179,15 @@ def test_concurrent_setups_train_sentencepiece_once(tmp_path):
     assert len({r["digest"] for r in results}) == 1 and len({r["path"] for r in results}) == 1
     names = [p.name for p in (tmp_path / "cache").iterdir()]
     assert sorted(names) == sorted([Path(results[0]["path"]).name, Path(results[0]["path"]).name + ".lock"])
+
+
+def test_lowercase_setting_keys_a_new_entry_and_its_default_keeps_the_old_keys() -> None:
+    """Entries built before `lowercase` existed keep their key (a 4M-pair corpus is not rebuilt on upgrade);
+    `lowercase=True` is another entry."""
+    from lightning_nmt.data.cache import cache_key
+    from lightning_nmt.data.tokenizer import settings_from_config
+
+    fingerprint = {"src": "/data/train.en", "size": 123}
+    before = {k: v for k, v in settings_from_config({}).items() if k != "lowercase"}
+    assert cache_key(fingerprint, settings_from_config({}), 100) == cache_key(fingerprint, before, 100)
+    assert cache_key(fingerprint, settings_from_config({"lowercase": True}), 100) != cache_key(fingerprint, before, 100)

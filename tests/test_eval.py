@@ -30,3 +30,5 @@ def test_data_in_the_other_direction_than_the_checkpoint_is_an_error() -> None:
     check_direction(trained, {"corpus": "files", "src_lang": "en", "tgt_lang": "de"})
     with pytest.raises(ConfigError, match="translates en->de, but data is de->en: pass data.src_lang=en "):
         check_direction(trained, {"corpus": "multi30k", "src_lang": "de", "tgt_lang": "en"})
+    check_direction(trained, {"corpus": "files", "src_lang": "eng", "tgt_lang": "deu"})  # other labels pass
+    check_direction({}, {"corpus": "multi30k", "src_lang": "de", "tgt_lang": "en"})  # no data hparams

@@ -212,7 +212,6 @@ def test_write_error_message_names_file_reason_and_checkpoint(tmp_path):
 
 # ---- accelerators, progress ---------------------------------------------------------------------------------
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_a_precision_lightning_refuses_is_one_line_listing_the_valid_ones(tmp_path, cache, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train, config(tmp_path, cache, "trainer.precision=fp8"))
@@ -220,6 +219,7 @@ def test_a_precision_lightning_refuses_is_one_line_listing_the_valid_ones(tmp_pa
     assert "trainer: Precision 'fp8' is invalid. Allowed precision values:" in one_line_error(capsys)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_gpu_trainer_without_a_gpu_is_one_line_listing_what_is_available(tmp_path, cache, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train, config(tmp_path, cache, "trainer=gpu"))
@@ -246,11 +246,12 @@ def test_gpu_trainer_without_a_gpu_is_one_line_listing_what_is_available(tmp_pat
     (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps must not be negative"),
     (["decoding.beam_size=0"], "decoding.beam_size must be at least 1"),
     (["decoding.max_len_ratio=0", "decoding.max_len_offset=0"], "no output token fits"),
-    (["callbacks.early_stopping.monitor=val/blue"], "callbacks.early_stopping.monitor='val/blue' is not logged"),
+    (["callbacks.early_stopping.enabled=true", "callbacks.early_stopping.monitor=val/blue"],
+     "callbacks.early_stopping.monitor='val/blue' is not logged"),
     (["callbacks.model_checkpoint.mode=maximum"], "callbacks.model_checkpoint.mode must be min or max"),
     (["scheduler.patience=-1"], "scheduler.patience must not be negative"),
     (["model=transformer", "model.share_embeddings=true", "data.tokenizer.joint=false"],
-     "model.share_embeddings needs one vocabulary for both sides: set data.tokenizer.joint=true"),
+     "model.share_embeddings needs one vocabulary for both sides (data.tokenizer.joint=true)"),
 ])
 def test_values_out_of_range_are_one_line_before_any_data_is_read(tmp_path, cache, capsys, overrides,
                                                                              message):

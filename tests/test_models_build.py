@@ -157,11 +157,11 @@ def test_shared_embeddings_are_one_matrix_for_source_target_and_output():
 
 def test_options_newer_than_a_checkpoint_take_their_default():
     """A checkpoint's model hyperparameters from before `share_embeddings` existed still build (unshared)."""
-    old = {k: v for k, v in SMALL.items()}
-    model = build_model({**old, "type": "transformer"}, 20, 20)
+    model = build_model({**SMALL, "type": "transformer", "dropout": 0.2}, 20, 20)
     assert model.src_embed is not model.tgt_embed
+    assert model.decoder_layers[0].self_attn.dropout == model.decoder_layers[0].ffn[2].p == 0.2  # = dropout
     with pytest.raises(KeyError):
-        build_model({k: v for k, v in old.items() if k != "d_model"} | {"type": "transformer"}, 20, 20)
+        build_model({k: v for k, v in SMALL.items() if k != "d_model"} | {"type": "transformer"}, 20, 20)
 
 
 def test_transformer_dropout_placement_follows_fairseq_options():

@@ -292,3 +292,26 @@ def test_damaged_last_checkpoint_is_refused_in_one_line(short_run: Path, tmp_pat
                      "resume=auto")
     assert_one_line_error(proc, str(last), "not a readable checkpoint")
     shutil.rmtree(tmp_path / "run")
+
+
+@pytest.mark.parametrize("dropout", [0.3, 0.1])
+def test_checkpoint_from_before_a_new_model_option_resumes_with_its_default(tmp_path: Path, dropout: float) -> None:
+    """A Transformer checkpoint written before `share_embeddings`, `attention_dropout` and `activation_dropout`
+    existed has none of them in its hyperparameters: they are its defaults (False, `dropout`, `dropout`), which
+    the config's equal, so the run resumes; a real difference is still refused."""
+    from lightning_nmt.app import check_compatible
+    from tests.test_average import tiny_module
+
+    small = ["model=transformer", "model.d_model=16", "model.nhead=2", "model.ffn_dim=32",
+             "model.transformer_layers=1", f"model.dropout={dropout}"]
+    module = tiny_module(small, tmp_path)
+    hparams = dict(module.hparams)
+    old_model = {k: v for k, v in hparams["model"].items()
+                 if k not in ("share_embeddings", "attention_dropout", "activation_dropout")}
+    path = tmp_path / "old.ckpt"
+    torch.save({"hyper_parameters": {**hparams, "model": old_model}, "state_dict": {}, "tokenizer": {},
+                "global_step": 7}, path)
+    assert check_compatible(module, str(path)) == 7
+    apart = tiny_module([*small, "model.attention_dropout=0"], tmp_path)
+    with pytest.raises(CheckpointError, match=rf"model.attention_dropout: checkpoint {dropout} vs config 0.0"):
+        check_compatible(apart, str(path))

@@ -68,8 +68,7 @@ def _train_model(lines: Iterable[str], settings: Mapping[str, Any]) -> bytes:
 
     Identity normalization, kept whitespace and byte fallback make ``decode(encode(x)) == x`` (``x.lower()`` with
     ``lowercase``) for any text, so detokenized output compares exactly with raw references. One thread:
-    deterministic, and
-    on a busy machine (parallel sweep jobs) unigram training with 2 threads was 3-9x slower.
+    deterministic, and on a busy machine (parallel sweep jobs) unigram training with 2 threads was 3-9x slower.
     """
     spm.set_random_generator_seed(TRAIN_SEED)
     writer = io.BytesIO()
@@ -113,6 +112,7 @@ class Tokenizer:
         self._tgt = self._src if tgt_model is None else spm.SentencePieceProcessor(model_proto=tgt_model)
 
     def _normalize(self, lines: Iterable[str]) -> list[str]:
+        """The text the sentencepiece models read: lowercased with ``lowercase``, else unchanged."""
         return [line.lower() for line in lines] if self.settings["lowercase"] else list(lines)
 
     @classmethod
@@ -128,7 +128,8 @@ class Tokenizer:
         lowercase: bool = False,
     ) -> Tokenizer:
         """Train deterministically on the given sentences (joint: one model on the source, then the target
-        sentences). The sentences are streamed to sentencepiece (which keeps its own copy)."""
+        sentences; with ``lowercase`` lowercased). The sentences are streamed to sentencepiece (which keeps its
+        own copy)."""
         settings = check_settings(model_type, vocab_size, joint, character_coverage, lowercase)
         if lowercase:
             src_lines, tgt_lines = map(str.lower, src_lines), map(str.lower, tgt_lines)

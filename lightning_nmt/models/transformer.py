@@ -151,9 +151,9 @@ class TransformerSeq2Seq(Seq2Seq):
         num_layers: int,
         dropout: float,
         tie_embeddings: bool,
-        share_embeddings: bool = False,
-        attention_dropout: float | None = None,
-        activation_dropout: float | None = None,
+        share_embeddings: bool,
+        attention_dropout: float,
+        activation_dropout: float,
     ) -> None:
         super().__init__()
         if share_embeddings and src_vocab_size != tgt_vocab_size:
@@ -165,8 +165,6 @@ class TransformerSeq2Seq(Seq2Seq):
         self.scale = math.sqrt(d_model)
         self.positions = PositionalEncoding(d_model)
         self.dropout = nn.Dropout(dropout)
-        attention_dropout = dropout if attention_dropout is None else attention_dropout
-        activation_dropout = dropout if activation_dropout is None else activation_dropout
         layer = nn.TransformerEncoderLayer(
             d_model, nhead, ffn_dim, dropout, batch_first=True, norm_first=True
         )
@@ -247,10 +245,15 @@ class TransformerOptions(ModelOptions):
     dropout: float
     tie_embeddings: bool  # the target embeddings are the output layer's weights
     share_embeddings: bool = False  # one embedding matrix for source and target (needs a joint vocabulary)
-    attention_dropout: float | None = None  # on the attention weights; None (checkpoints from before): `dropout`
+    attention_dropout: float | None = None  # on the attention weights; None: `dropout` (as checkpoints from before)
     activation_dropout: float | None = None  # after the feed-forward ReLU; None: `dropout`
 
+    def __post_init__(self) -> None:
+        self.attention_dropout = self.dropout if self.attention_dropout is None else self.attention_dropout
+        self.activation_dropout = self.dropout if self.activation_dropout is None else self.activation_dropout
+
     def check(self) -> None:
+        """Also: `d_model` must split evenly into `nhead` heads."""
         super().check()
         if self.d_model % self.nhead:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.nhead ({self.nhead})")
