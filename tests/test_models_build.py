@@ -32,12 +32,13 @@ SMALL = {
     "transformer_layers": 2,
 }
 
-# one config per model kind: basic, attention with and without input feeding, transformer
+# one config per model kind: basic, attention with and without input feeding, transformer pre- and post-norm
 MODEL_KINDS = {
     "basic": {"type": "basic"},
     "attention": {},
     "input_feeding": {"input_feeding": True, "attention": "concat", "rnn_type": "lstm"},
     "transformer": {"type": "transformer"},
+    "transformer_post_norm": {"type": "transformer", "norm_first": False},
 }
 
 
@@ -182,3 +183,21 @@ def test_transformer_dropout_placement_follows_fairseq_options():
     assert torch.isfinite(hidden).all()
     with pytest.raises(ValueError, match=r"model.attention_dropout must be in \[0, 1\), got 1.5"):
         build_model({**SMALL, "type": "transformer", "attention_dropout": 1.5}, 20, 20)
+
+
+def test_transformer_post_norm_normalises_each_block_output():
+    """`norm_first=False` (post-norm, fairseq's default): every encoder and decoder layer ends in a LayerNorm
+    (each position's output has mean 0, variance 1) and no final norm follows the stacks; pre-norm layers
+    leave the residual stream unnormalised and one LayerNorm ends each stack."""
+    b = random_batch(0, size=4)
+    for norm_first in (True, False):
+        model = small_model(type="transformer", norm_first=norm_first)
+        assert all(layer.norm_first == norm_first for layer in model.encoder.layers)
+        assert (model.encoder.norm is None) == (not norm_first)
+        enc = model.encode(b["src"], b["src_lengths"])
+        x = model._embed(model.tgt_embed, b["tgt_in"])
+        causal = torch.ones(x.size(1), x.size(1), dtype=torch.bool).triu(1)
+        out, _ = model.decoder_layers[0](x, enc.memory, causal, ~enc.mask, need_weights=False)
+        normalised = torch.allclose(out.mean(-1), torch.zeros(()), atol=1e-5) and torch.allclose(
+            out.var(-1, unbiased=False), torch.ones(()), atol=1e-3)
+        assert normalised == (not norm_first)

@@ -80,11 +80,12 @@ def test_padding_changes_nothing(kind):
         assert torch.all(padded_attention[0, :, 4:] == 0.0)
 
 
-def test_transformer_cached_steps_equal_the_full_prefix():
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_transformer_cached_steps_equal_the_full_prefix(norm_first):
     """The Transformer's decoding cache (keys and values of the positions read) gives the logits and
     attention of recomputing the decoder over the whole prefix, also for beams that diverge and are
-    reordered."""
-    model = small_model(type="transformer", seed=3)
+    reordered; pre-norm and post-norm."""
+    model = small_model(type="transformer", seed=3, norm_first=norm_first)
     batch = random_batch(2, size=4)
     tgt, sentences = batch["tgt_in"], batch["tgt_in"].size(0)
     with torch.no_grad():

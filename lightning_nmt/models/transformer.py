@@ -1,9 +1,12 @@
-"""Transformer baseline (Vaswani et al., 2017), pre-norm, with sinusoidal positions, behind `Seq2Seq`."""
+"""Transformer baseline (Vaswani et al., 2017), pre-norm or post-norm, with sinusoidal positions, behind
+`Seq2Seq`."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,14 +43,16 @@ class PositionalEncoding(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm decoder layer: causal self-attention, cross-attention, feed-forward, each a residual
-    block. Unlike `nn.TransformerDecoderLayer` it can return its cross-attention weights."""
+    """Decoder layer: causal self-attention, cross-attention, feed-forward, each a residual block, pre-norm
+    (`x + block(norm(x))`) or post-norm (`norm(x + block(x))`, the original Transformer's and fairseq's default).
+    Unlike `nn.TransformerDecoderLayer` it can return its cross-attention weights."""
 
     def __init__(self, d_model: int, nhead: int, ffn_dim: int, dropout: float, attention_dropout: float,
-                 activation_dropout: float) -> None:
+                 activation_dropout: float, norm_first: bool) -> None:
         """`dropout` on each block's output (residual), `attention_dropout` on the attention weights,
         `activation_dropout` after the feed-forward ReLU (fairseq's three)."""
         super().__init__()
+        self.norm_first = norm_first
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=attention_dropout, batch_first=True)
         self.cross_attn = nn.MultiheadAttention(d_model, nhead, dropout=attention_dropout, batch_first=True)
         self.ffn = nn.Sequential(
@@ -62,11 +67,17 @@ class DecoderLayer(nn.Module):
         """x (R, T, D), R = r * B rows grouped by sentence, memory (B, S, D), causal_mask (T, T) True above
         the diagonal, memory_padding (B, S) True at padding -> x (R, T, D), cross-attention averaged over
         heads (R, T, S) or None."""
-        h = self.norm_self(x)
-        x = x + self.dropout(
-            self.self_attn(h, h, h, attn_mask=causal_mask, is_causal=True, need_weights=False)[0]
-        )
+        x, _ = self._residual(x, self.norm_self, lambda h: (
+            self.self_attn(h, h, h, attn_mask=causal_mask, is_causal=True, need_weights=False)[0], None))
         return self._cross_and_ffn(x, memory, memory_padding, need_weights)
+
+    def _residual(self, x: Tensor, norm: nn.LayerNorm, block: Callable[[Tensor], tuple[Tensor, Any]]
+                  ) -> tuple[Tensor, Any]:
+        """One residual block around `block` (input -> output, anything else it returns): pre-norm
+        `x + dropout(block(norm(x)))` or post-norm `norm(x + dropout(block(x)))`."""
+        out, extra = block(norm(x) if self.norm_first else x)
+        x = x + self.dropout(out)
+        return (x if self.norm_first else norm(x)), extra
 
     def step(
         self, x: Tensor, cache: tuple[Tensor, Tensor], memory_kv: Tensor, memory_padding: Tensor, need_weights: bool
@@ -76,23 +87,30 @@ class DecoderLayer(nn.Module):
         the source (B, 2, S, D, from `memory_kv`) -> x (R, 1, D), the cache with this position (t + 1),
         cross-attention (R, 1, S) or None. The same as `forward` on the whole prefix, whose earlier positions
         do not change (causal mask), without recomputing them."""
-        heads = self.self_attn.num_heads
-        q, k, v = F.linear(self.norm_self(x), self.self_attn.in_proj_weight, self.self_attn.in_proj_bias).chunk(3, -1)
-        q, k, v = (t.view(t.size(0), 1, heads, -1).transpose(1, 2) for t in (q, k, v))
-        keys, values = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (R, heads, t + 1, D / heads)
-        attended = F.scaled_dot_product_attention(q, keys, values)  # every cached position is visible
-        x = x + self.dropout(self.self_attn.out_proj(attended.transpose(1, 2).reshape_as(x)))
-        # cross-attention with the source's keys and values projected once: r rows per sentence read them together
-        sentences, dim = memory_kv.size(0), x.size(-1)
-        q = F.linear(self.norm_cross(x), self.cross_attn.in_proj_weight[:dim], self.cross_attn.in_proj_bias[:dim])
-        q = per_sentence(q, sentences).view(sentences, -1, heads, dim // heads).transpose(1, 2)  # (B, heads, r, d)
-        k, v = (t.view(sentences, -1, heads, dim // heads).transpose(1, 2) for t in memory_kv.unbind(1))
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(dim // heads)  # (B, heads, r, S)
-        weights = scores.masked_fill(memory_padding[:, None, None, :], float("-inf")).softmax(-1)
-        attended = (weights @ v).transpose(1, 2).reshape(sentences, -1, dim)  # (B, r, D)
-        x = x + self.dropout(per_hypothesis(self.cross_attn.out_proj(attended), x.size(0)))
+        heads, dim = self.self_attn.num_heads, x.size(-1)
+
+        def self_attention(h: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+            q, k, v = F.linear(h, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias).chunk(3, -1)
+            q, k, v = (t.view(t.size(0), 1, heads, -1).transpose(1, 2) for t in (q, k, v))
+            keys, values = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (R, heads, t + 1, D / heads)
+            attended = F.scaled_dot_product_attention(q, keys, values)  # every cached position is visible
+            return self.self_attn.out_proj(attended.transpose(1, 2).reshape_as(h)), (keys, values)
+
+        def cross_attention(h: Tensor) -> tuple[Tensor, Tensor]:
+            # the source's keys and values projected once: the r rows of a sentence read them together
+            sentences = memory_kv.size(0)
+            q = F.linear(h, self.cross_attn.in_proj_weight[:dim], self.cross_attn.in_proj_bias[:dim])
+            q = per_sentence(q, sentences).view(sentences, -1, heads, dim // heads).transpose(1, 2)  # (B, heads, r, d)
+            k, v = (t.view(sentences, -1, heads, dim // heads).transpose(1, 2) for t in memory_kv.unbind(1))
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(dim // heads)  # (B, heads, r, S)
+            weights = scores.masked_fill(memory_padding[:, None, None, :], float("-inf")).softmax(-1)
+            attended = (weights @ v).transpose(1, 2).reshape(sentences, -1, dim)  # (B, r, D)
+            return per_hypothesis(self.cross_attn.out_proj(attended), h.size(0)), weights
+
+        x, cache = self._residual(x, self.norm_self, self_attention)
+        x, weights = self._residual(x, self.norm_cross, cross_attention)
         weights = per_hypothesis(weights.mean(1), x.size(0)) if need_weights else None  # averaged over heads
-        return self._feed_forward(x), (keys, values), weights
+        return self._feed_forward(x), cache, weights
 
     def memory_kv(self, memory: Tensor) -> Tensor:
         """The cross-attention keys and values of the encoder states: memory (B, S, D) -> (B, 2, S, D)."""
@@ -104,17 +122,18 @@ class DecoderLayer(nn.Module):
         self, x: Tensor, memory: Tensor, memory_padding: Tensor, need_weights: bool
     ) -> tuple[Tensor, Tensor | None]:
         """The cross-attention and feed-forward blocks: x (R, T, D) -> x (R, T, D), weights (R, T, S) or None."""
-        h = per_sentence(self.norm_cross(x), memory.size(0))
-        attended, weights = self.cross_attn(
-            h, memory, memory, key_padding_mask=memory_padding, need_weights=need_weights
-        )
-        x = x + self.dropout(per_hypothesis(attended, x.size(0)))
+        def cross_attention(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            attended, weights = self.cross_attn(per_sentence(h, memory.size(0)), memory, memory,
+                                                key_padding_mask=memory_padding, need_weights=need_weights)
+            return per_hypothesis(attended, h.size(0)), weights
+
+        x, weights = self._residual(x, self.norm_cross, cross_attention)
         weights = None if weights is None else per_hypothesis(weights, x.size(0))
         return self._feed_forward(x), weights
 
     def _feed_forward(self, x: Tensor) -> Tensor:
         """The feed-forward residual block: x (R, T, D) -> (R, T, D)."""
-        return x + self.dropout(self.ffn(self.norm_ffn(x)))
+        return self._residual(x, self.norm_ffn, lambda h: (self.ffn(h), None))[0]
 
 
 @dataclass
@@ -131,7 +150,8 @@ class DecoderCache:
 
 
 class TransformerSeq2Seq(Seq2Seq):
-    """Encoder (`nn.TransformerEncoder`, pre-norm) and decoder (`DecoderLayer`s) of `num_layers` each.
+    """Encoder (`nn.TransformerEncoder`) and decoder (`DecoderLayer`s) of `num_layers` each, pre-norm or
+    post-norm (`norm_first`).
 
     Embeddings are initialised N(0, 1/d_model) and scaled by sqrt(d_model); with `share_embeddings` the source
     and target embeddings are one matrix (one vocabulary for both sides), and with `tie_embeddings` it is also the
@@ -154,6 +174,7 @@ class TransformerSeq2Seq(Seq2Seq):
         share_embeddings: bool,
         attention_dropout: float,
         activation_dropout: float,
+        norm_first: bool,
     ) -> None:
         super().__init__()
         if share_embeddings and src_vocab_size != tgt_vocab_size:
@@ -166,18 +187,19 @@ class TransformerSeq2Seq(Seq2Seq):
         self.positions = PositionalEncoding(d_model)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
-            d_model, nhead, ffn_dim, dropout, batch_first=True, norm_first=True
+            d_model, nhead, ffn_dim, dropout, batch_first=True, norm_first=norm_first
         )
         layer.self_attn.dropout = attention_dropout  # nn.TransformerEncoderLayer takes one rate for all three
         layer.dropout.p = activation_dropout  # the one after the feed-forward activation
+        # pre-norm layers leave their outputs unnormalised: one LayerNorm after the last layer of each stack
         self.encoder = nn.TransformerEncoder(
-            layer, num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+            layer, num_layers, norm=nn.LayerNorm(d_model) if norm_first else None, enable_nested_tensor=False
         )
         self.decoder_layers = nn.ModuleList(
-            DecoderLayer(d_model, nhead, ffn_dim, dropout, attention_dropout, activation_dropout)
+            DecoderLayer(d_model, nhead, ffn_dim, dropout, attention_dropout, activation_dropout, norm_first)
             for _ in range(num_layers)
         )
-        self.decoder_norm = nn.LayerNorm(d_model)
+        self.decoder_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
         self.output = output_layer(d_model, tgt_vocab_size, self.tgt_embed if tie_embeddings else None)
         for embedding in (self.src_embed, self.tgt_embed):  # N(0, d^-0.5), as Vaswani et al. and fairseq:
             nn.init.normal_(embedding.weight, std=d_model**-0.5)  # x sqrt(d) on input gives unit scale, and
@@ -247,6 +269,7 @@ class TransformerOptions(ModelOptions):
     share_embeddings: bool = False  # one embedding matrix for source and target (needs a joint vocabulary)
     attention_dropout: float | None = None  # on the attention weights; None: `dropout` (as checkpoints from before)
     activation_dropout: float | None = None  # after the feed-forward ReLU; None: `dropout`
+    norm_first: bool = True  # pre-norm; False: post-norm (fairseq's default, `--encoder-normalize-before` off)
 
     def __post_init__(self) -> None:
         self.attention_dropout = self.dropout if self.attention_dropout is None else self.attention_dropout
@@ -261,4 +284,4 @@ class TransformerOptions(ModelOptions):
     def build(self, src_vocab_size: int, tgt_vocab_size: int) -> TransformerSeq2Seq:
         return TransformerSeq2Seq(src_vocab_size, tgt_vocab_size, self.d_model, self.nhead, self.ffn_dim,
                                   self.transformer_layers, self.dropout, self.tie_embeddings, self.share_embeddings,
-                                  self.attention_dropout, self.activation_dropout)
+                                  self.attention_dropout, self.activation_dropout, self.norm_first)
