@@ -24,12 +24,11 @@ launch attention_concat_deen experiment=multi30k_attention "${deen[@]}"
 launch transformer_ende experiment=multi30k_transformer
 launch transformer_deen experiment=multi30k_transformer "${deen[@]}"
 launch basic_ende experiment=multi30k_basic
-# ablations (experiments/README.md, "Not reached"): LIUM's small batches, the Transformer's dropout in all
-# three places (the recipe's choice of fairseq's placement, checked at convergence), shared embeddings (Wu et al.)
+# ablations (experiments/README.md, "Not reached"): LIUM's small batches; the Transformer recipe's post-norm and
+# shared embeddings (Wu et al.'s settings) one at a time, checked at convergence
 launch attention_small_batch_ende experiment=multi30k_attention data.max_tokens=512 optim.lr=0.0005 \
   trainer.val_check_interval=2000
-launch transformer_dropout_everywhere_ende experiment=multi30k_transformer model.attention_dropout=0.3 \
-  model.activation_dropout=0.3
-launch transformer_shared_embeddings_ende experiment=multi30k_transformer model.share_embeddings=true
+launch transformer_pre_norm_ende experiment=multi30k_transformer model.norm_first=true
+launch transformer_separate_embeddings_ende experiment=multi30k_transformer model.share_embeddings=false
 wait
 grep -H -o '"bleu_tok_lc": [0-9.]*' "$runs"/*/metrics.json

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from lightning_nmt.config import check_values
+from lightning_nmt.models import build_model
 from lightning_nmt.sweeps import claim, config_hash, skip_duplicate, swept_keys, swept_overrides
-from tests.conftest import compose_many
+from tests.conftest import CONF_DIR, compose_many
 
 
 def hashes(tmp_path: Path, *override_lists: list[str]) -> list[str]:
@@ -126,3 +128,23 @@ def test_slurm_launcher_starts_one_task_per_device() -> None:
     (cfg,) = compose_many("train", [["hydra/launcher=slurm", "trainer.devices=4"]])
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.tasks_per_node == 4 == cfg.hydra.launcher.gpus_per_node
+
+
+def test_multi30k_recipes_compose_check_and_build_both_directions() -> None:
+    """Each `multi30k_*` recipe composes en->de and de->en, passes the value checks and builds its model; the
+    Transformer recipe is Wu et al.'s (post-norm, one embedding matrix, 8,192-token steps, no weight decay)."""
+    recipes = sorted(p.stem for p in (CONF_DIR / "experiment").glob("multi30k_*.yaml") if p.stem != "multi30k_models")
+    assert recipes == ["multi30k_attention", "multi30k_basic", "multi30k_transformer"]
+    directions = [[], ["data.src_lang=de", "data.tgt_lang=en"]]
+    cfgs = compose_many("train", [[f"experiment={r}", *d] for r in recipes for d in directions])
+    for cfg in cfgs:
+        check_values(cfg)
+        model = build_model(cfg.model, 50, 50)
+        assert cfg.data.corpus.value == "multi30k" and cfg.callbacks.early_stopping.enabled
+        assert sum(p.numel() for p in model.parameters()) > 0
+    transformer = cfgs[-1]
+    assert (transformer.data.src_lang, transformer.data.tgt_lang) == ("de", "en")
+    assert transformer.model.norm_first is False and transformer.model.share_embeddings is True
+    assert (transformer.data.max_tokens, transformer.optim.weight_decay) == (8192, 0.0)
+    model = build_model(transformer.model, 50, 50)
+    assert model.src_embed is model.tgt_embed and model.output.weight is model.tgt_embed.weight
