@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from lightning_nmt.data.atomic import atomic_path
 from lightning_nmt.errors import CheckpointError, ConfigError, UserError
+from lightning_nmt.models import model_options
 from lightning_nmt.module import read_checkpoint
 
 log = logging.getLogger("lightning_nmt")
@@ -76,7 +77,8 @@ def _check_same_model(path_a: Path, a: dict[str, Any], path_b: Path, b: dict[str
     hp_a, hp_b = a["hyper_parameters"], b["hyper_parameters"]
     diffs = [f"{key} {hp_a.get(key)} vs {hp_b.get(key)}" for key in ("src_vocab_size", "tgt_vocab_size")
              if hp_a.get(key) != hp_b.get(key)]
-    model_a, model_b = hp_a["model"], hp_b["model"]
+    # the options as built: a key a checkpoint predates is compared at its default, keys its model ignores not at all
+    model_a, model_b = asdict(model_options(hp_a["model"])), asdict(model_options(hp_b["model"]))
     diffs += [f"model.{key} {model_a.get(key)!r} vs {model_b.get(key)!r}" for key in sorted({*model_a, *model_b})
               if model_a.get(key) != model_b.get(key)]
     keys_a, keys_b = set(a["state_dict"]), set(b["state_dict"])

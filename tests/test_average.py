@@ -252,3 +252,21 @@ def test_train_tests_the_average_and_tools_take_it(tmp_path: Path) -> None:
     proc = run_cli("lightning_nmt.translate", [f"ckpt_path={averaged}", "input=-", "output=-"],
                    stdin="the cat sees the dog .\n\nwe have two small houses .\n")
     assert proc.returncode == 0 and len(proc.stdout.split("\n")) == 4  # 3 lines, newline-terminated
+
+
+def test_a_key_a_checkpoint_predates_is_compared_at_its_default(tmp_path: Path) -> None:
+    """A run resumed on newer code keeps checkpoints with and without a newer model key (`norm_first`): at the
+    key's default they average; a checkpoint with another value is refused."""
+    module = tiny_module(["model=transformer", "model.d_model=16", "model.ffn_dim=32"], tmp_path)
+    old = write_checkpoint(tmp_path / "old.ckpt", module, step=1, seed=1)
+    saved = torch.load(old, weights_only=False)
+    del saved["hyper_parameters"]["model"]["norm_first"]
+    torch.save(saved, old)
+    new = write_checkpoint(tmp_path / "new.ckpt", module, step=2, seed=2)
+    assert module.hparams["model"]["norm_first"] is True
+    averaged = torch.load(average_checkpoints([old, new], tmp_path / "averaged.ckpt"), weights_only=False)
+    assert averaged["averaged_from"] == [str(old), str(new)]
+    module.hparams["model"]["norm_first"] = False
+    post_norm = write_checkpoint(tmp_path / "post.ckpt", module, step=3, seed=3)
+    with pytest.raises(CheckpointError, match="model.norm_first True vs False"):
+        average_checkpoints([old, post_norm], tmp_path / "refused.ckpt")
