@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.distributed import effective_batch, end_job, install_hydra_relaunch
 from lightning_nmt.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, WriteError, is_write_error
 from lightning_nmt.kernels import cpu as cpu_kernels
-from lightning_nmt.models import model_options
+from lightning_nmt.models import model_differences
 from lightning_nmt.models.search import DecodingConfig
 from lightning_nmt.module import TranslationModule, read_checkpoint
 from lightning_nmt.resume import (
@@ -283,15 +283,7 @@ def check_compatible(module: TranslationModule, ckpt_path: str) -> int:
     checkpoint = read_checkpoint(ckpt_path)
     saved = checkpoint["hyper_parameters"]
     wanted = dict(module.hparams)
-    diffs = []
-    for key in ("src_vocab_size", "tgt_vocab_size"):
-        if saved.get(key) != wanted.get(key):
-            diffs.append(f"{key}: checkpoint {saved.get(key)} vs config {wanted.get(key)}")
-    if saved["model"].get("type") != wanted["model"]["type"]:
-        diffs.append(f"model.type: checkpoint {saved['model'].get('type')!r} vs config {wanted['model']['type']!r}")
-    else:  # the options the model type reads; one a checkpoint predates takes its default, as when loading
-        old, new = asdict(model_options(saved["model"])), asdict(model_options(wanted["model"]))
-        diffs += [f"model.{key}: checkpoint {old[key]!r} vs config {new[key]!r}" for key in new if old[key] != new[key]]
+    diffs = [f"{key}: checkpoint {old!r} vs config {new!r}" for key, old, new in model_differences(saved, wanted)]
     if diffs:
         raise CheckpointError(f"{ckpt_path} was trained with a different configuration: " + "; ".join(diffs))
     return int(checkpoint.get("global_step", 0))

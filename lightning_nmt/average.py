@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from lightning_nmt.data.atomic import atomic_path
 from lightning_nmt.errors import CheckpointError, ConfigError, UserError
-from lightning_nmt.models import model_options
+from lightning_nmt.models import model_differences
 from lightning_nmt.module import read_checkpoint
 
 log = logging.getLogger("lightning_nmt")
@@ -75,12 +75,7 @@ def average_checkpoints(paths: Sequence[Path], output: Path, dtype: torch.dtype 
 def _check_same_model(path_a: Path, a: dict[str, Any], path_b: Path, b: dict[str, Any]) -> None:
     """Raise a one-line `CheckpointError` naming the first difference that forbids averaging `a` and `b`."""
     hp_a, hp_b = a["hyper_parameters"], b["hyper_parameters"]
-    diffs = [f"{key} {hp_a.get(key)} vs {hp_b.get(key)}" for key in ("src_vocab_size", "tgt_vocab_size")
-             if hp_a.get(key) != hp_b.get(key)]
-    # the options as built: a key a checkpoint predates is compared at its default, keys its model ignores not at all
-    model_a, model_b = asdict(model_options(hp_a["model"])), asdict(model_options(hp_b["model"]))
-    diffs += [f"model.{key} {model_a.get(key)!r} vs {model_b.get(key)!r}" for key in sorted({*model_a, *model_b})
-              if model_a.get(key) != model_b.get(key)]
+    diffs = [f"{key} {value_a!r} vs {value_b!r}" for key, value_a, value_b in model_differences(hp_a, hp_b)]
     keys_a, keys_b = set(a["state_dict"]), set(b["state_dict"])
     if keys_a != keys_b:
         diffs.append(f"weights {sorted(keys_a ^ keys_b)[:3]} in only one of them")

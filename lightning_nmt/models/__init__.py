@@ -7,7 +7,7 @@ Each model type declares what it reads (`ModelOptions`) next to its code and reg
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, asdict, fields
 from typing import Any
 
 from lightning_nmt.models import rnn, transformer  # noqa: F401  (they register their model types)
@@ -15,7 +15,7 @@ from lightning_nmt.models.base import MODEL_TYPES, EncoderOutput, ModelOptions, 
 from lightning_nmt.models.search import DecodingConfig, SearchResult, search
 
 __all__ = ["MODEL_TYPES", "DecodingConfig", "EncoderOutput", "ModelOptions", "SearchResult", "Seq2Seq",
-           "build_model", "model_options", "model_keys", "register_model", "search"]
+           "build_model", "model_differences", "model_options", "model_keys", "register_model", "search"]
 
 
 def model_keys(model_type: str) -> list[str]:
@@ -45,3 +45,14 @@ def build_model(cfg: Mapping[str, Any] | Any, src_vocab_size: int, tgt_vocab_siz
     options = model_options(cfg)
     options.check()
     return options.build(src_vocab_size, tgt_vocab_size)
+
+
+def model_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, value in a, value in b) for what makes the models of two checkpoints' `hyper_parameters` differ: the
+    vocabulary sizes, the model type, else the options that type reads (one a checkpoint predates at its default)."""
+    diffs = [(key, a.get(key), b.get(key)) for key in ("src_vocab_size", "tgt_vocab_size") if a.get(key) != b.get(key)]
+    if a["model"].get("type") != b["model"].get("type"):
+        return [*diffs, ("model.type", a["model"].get("type"), b["model"].get("type"))]
+    options_a, options_b = asdict(model_options(a["model"])), asdict(model_options(b["model"]))
+    return diffs + [(f"model.{key}", options_a[key], options_b[key]) for key in options_a
+                    if options_a[key] != options_b[key]]
