@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -179,13 +180,17 @@ class Preempted(Exception):
         return 128 + self.signum
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
     """Keeps `path` (last.ckpt) the latest state of the run: after each validation, every
     `every_n_train_steps` steps, at the end of training, and on SIGTERM, SIGUSR1 or SIGUSR2 (SLURM preemption
     or time limit), after which training stops by raising `Preempted`. All ranks call
     `trainer.save_checkpoint` together; rank 0 writes.
 
-    (ModelCheckpoint's `save_last` only refreshes last.ckpt when a top-k checkpoint was saved at that step.)
+    A `Checkpoint` subclass because Lightning runs checkpoint callbacks after all others, in list order: placed
+    after the best-k ModelCheckpoint, the save after a validation holds that validation's best-k entry and
+    early-stopping count (as a plain callback it ran before them: a run resumed from it forgot the checkpoint
+    that validation kept). (ModelCheckpoint's `save_last` only refreshes last.ckpt when a top-k checkpoint was
+    saved at that step.)
     Signals are acted on at the next training batch end. The handlers replace Lightning's while training runs;
     a Python handler installed before the run (submitit's requeue handler on SIGUSR2) is called after the
     checkpoint is saved.

@@ -315,3 +315,25 @@ def test_checkpoint_from_before_a_new_model_option_resumes_with_its_default(tmp_
     apart = tiny_module([*small, "model.attention_dropout=0"], tmp_path)
     with pytest.raises(CheckpointError, match=rf"model.attention_dropout: checkpoint {dropout} vs config 0.0"):
         check_compatible(apart, str(path))
+
+
+@pytest.mark.slow
+def test_last_checkpoint_after_a_validation_holds_what_that_validation_kept(tmp_path: Path) -> None:
+    """last.ckpt is written after each validation; it must hold the best-k ModelCheckpoint and EarlyStopping
+    states after that validation. Saved before them (the callback order Lightning used to give it), a run
+    resumed from it forgot the checkpoint that validation kept: the file stayed on disk, outside the best k,
+    never averaged, and a worse one was averaged in its place."""
+    proc = run_train(tmp_path / "run", tmp_path / "cache", "trainer.max_steps=10", "logger=none",
+                     "test_after_training=false", "callbacks.early_stopping.enabled=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoints = tmp_path / "run" / "checkpoints"
+    kept = sorted(p.name for p in checkpoints.glob("best-*.ckpt"))
+    assert kept and kept[-1].startswith("best-step000010-"), kept  # the one validation, at step 10
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 10
+    states = last["callbacks"]
+    best_k = next(s for key, s in states.items() if key.startswith("ModelCheckpoint"))["best_k_models"]
+    assert sorted(Path(p).name for p in best_k) == kept
+    early = next(s for key, s in states.items() if key.startswith("EarlyStopping"))
+    assert float(early["best_score"]) == pytest.approx(float(kept[-1].removesuffix(".ckpt").split("bleu")[1]),
+                                                       abs=0.005)
