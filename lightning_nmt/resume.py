@@ -66,6 +66,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
         except WriteError as err:
             raise err.with_intact(self.intact(path)) from None
+        self.saved.pop(path, None)  # re-inserted: the dict's order is the order of the latest writes
         self.saved[path] = int(checkpoint.get("global_step", 0))
 
     def intact(self, failed: Path | None = None) -> str:
@@ -73,7 +74,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if failed is not None and failed.is_file():
             step = self.saved.get(failed)
             return f"the previous {failed.name} is intact" + (f" (step {step})" if step is not None else "")
-        for path, step in sorted(self.saved.items(), key=lambda item: -item[1]):
+        # the highest step; of files at the same step, the last written (last.ckpt, which resume=auto reads)
+        for path, step in sorted(reversed(self.saved.items()), key=lambda item: -item[1]):
             if path.is_file():
                 return f"the last complete checkpoint is {path} (step {step})"
         if self.last is not None and self.last.is_file():
