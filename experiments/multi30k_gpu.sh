@@ -1,5 +1,5 @@
 #!/bin/bash
-# The Multi30k recipes side by side on one GPU: they are small, so eight runs share one card (each run's
+# The Multi30k recipes side by side on one GPU: they are small, so ten runs share one card (each run's
 # wall time is then longer than it would be alone). Each run tests its best (Transformer: averaged) checkpoint
 # on test2016 at the end, into RUNS_DIR/<name>/metrics.json.
 #   usage: bash experiments/multi30k_gpu.sh RUNS_DIR [MAX_TIME (DD:HH:MM:SS, default 00:00:05:00)]
@@ -30,5 +30,9 @@ launch attention_small_batch_ende experiment=multi30k_attention data.max_tokens=
   trainer.val_check_interval=2000
 launch transformer_pre_norm_ende experiment=multi30k_transformer model.norm_first=true
 launch transformer_separate_embeddings_ende experiment=multi30k_transformer model.share_embeddings=false
+# input feeding and tied output embeddings, +1.2 val BLEU for en->de on one CPU core; de->en not measured
+feed_tied=(model.input_feeding=true model.tie_embeddings=true)
+launch attention_feed_tied_ende experiment=multi30k_attention "${feed_tied[@]}"
+launch attention_feed_tied_deen experiment=multi30k_attention "${feed_tied[@]}" "${deen[@]}"
 wait
 grep -H -o '"bleu_tok_lc": [0-9.]*' "$runs"/*/metrics.json
