@@ -30,7 +30,7 @@ launch attention_small_batch_ende experiment=multi30k_attention data.max_tokens=
   trainer.val_check_interval=2000
 launch transformer_pre_norm_ende experiment=multi30k_transformer model.norm_first=true
 launch transformer_separate_embeddings_ende experiment=multi30k_transformer model.share_embeddings=false
-# input feeding and tied output embeddings, +1.2 val BLEU for en->de on one CPU core; de->en not measured
+# input feeding and tied output embeddings: +1.2 val BLEU for en->de on one CPU core; de->en only 2,727 steps so far
 feed_tied=(model.input_feeding=true model.tie_embeddings=true)
 launch attention_feed_tied_ende experiment=multi30k_attention "${feed_tied[@]}"
 launch attention_feed_tied_deen experiment=multi30k_attention "${feed_tied[@]}" "${deen[@]}"
