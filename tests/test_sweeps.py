@@ -132,7 +132,8 @@ def test_slurm_launcher_starts_one_task_per_device() -> None:
 
 def test_multi30k_recipes_compose_check_and_build_both_directions() -> None:
     """Each `multi30k_*` recipe composes en->de and de->en, passes the value checks and builds its model; the
-    Transformer recipe is Wu et al.'s (post-norm, one embedding matrix, 8,192-token steps, no weight decay)."""
+    Transformer recipe is Wu et al.'s (post-norm, one embedding matrix, 8,192-token steps, no weight decay); the
+    attention recipe is the basic one with input feeding and tied output embeddings, which basic does not take."""
     recipes = sorted(p.stem for p in (CONF_DIR / "experiment").glob("multi30k_*.yaml") if p.stem != "multi30k_models")
     assert recipes == ["multi30k_attention", "multi30k_basic", "multi30k_transformer"]
     directions = [[], ["data.src_lang=de", "data.tgt_lang=en"]]
@@ -148,3 +149,8 @@ def test_multi30k_recipes_compose_check_and_build_both_directions() -> None:
     assert (transformer.data.max_tokens, transformer.optim.weight_decay) == (8192, 0.0)
     model = build_model(transformer.model, 50, 50)
     assert model.src_embed is model.tgt_embed and model.output.weight is model.tgt_embed.weight
+    attention, basic = (build_model(cfgs[i].model, 50, 50) for i in (0, 2))  # en->de
+    assert cfgs[0].model.type == "attention" and cfgs[0].model.attention == "concat"
+    assert attention.decoder.input_feeding and attention.output[-1].weight is attention.decoder.embed.weight
+    assert cfgs[2].model.type == "basic" and basic.output.weight is not basic.decoder.embed.weight
+    assert cfgs[0].optim == cfgs[2].optim and cfgs[0].trainer == cfgs[2].trainer
