@@ -138,18 +138,19 @@ def test_multi30k_recipes_compose_check_and_build_both_directions() -> None:
     assert recipes == ["multi30k_attention", "multi30k_basic", "multi30k_transformer"]
     directions = [[], ["data.src_lang=de", "data.tgt_lang=en"]]
     cfgs = compose_many("train", [[f"experiment={r}", *d] for r in recipes for d in directions])
+    models = []
     for cfg in cfgs:
         check_values(cfg)
-        model = build_model(cfg.model, 50, 50)
+        models.append(build_model(cfg.model, 50, 50))
         assert cfg.data.corpus.value == "multi30k" and cfg.callbacks.early_stopping.enabled
-        assert sum(p.numel() for p in model.parameters()) > 0
+        assert sum(p.numel() for p in models[-1].parameters()) > 0
     transformer = cfgs[-1]
     assert (transformer.data.src_lang, transformer.data.tgt_lang) == ("de", "en")
     assert transformer.model.norm_first is False and transformer.model.share_embeddings is True
     assert (transformer.data.max_tokens, transformer.optim.weight_decay) == (8192, 0.0)
-    model = build_model(transformer.model, 50, 50)
+    model = models[-1]
     assert model.src_embed is model.tgt_embed and model.output.weight is model.tgt_embed.weight
-    attention, basic = (build_model(cfgs[i].model, 50, 50) for i in (0, 2))  # en->de
+    attention, basic = models[0], models[2]  # en->de
     assert cfgs[0].model.type == "attention" and cfgs[0].model.attention == "concat"
     assert attention.decoder.input_feeding and attention.output[-1].weight is attention.decoder.embed.weight
     assert cfgs[2].model.type == "basic" and basic.output.weight is not basic.decoder.embed.weight
