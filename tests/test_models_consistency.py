@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from lightning_nmt.data.tokenizer import PAD_ID
 from lightning_nmt.models.attention import ATTENTIONS
+from lightning_nmt.models.rnn import WordDropout
 from tests.test_models_build import MODEL_KINDS, make_batch, random_batch, small_model
 
 
@@ -61,6 +62,35 @@ def test_input_feeding_changes_the_model():
     assert feeding.decoder.rnn.input_size == 16 + 20
     fed, _ = feeding(batch["src"], batch["src_lengths"], batch["tgt_in"])
     assert not torch.allclose(plain, fed)
+
+
+def test_word_dropout_drops_whole_words_in_training_only():
+    """`WordDropout(p)` in training zeroes a position's whole embedding with probability p and scales the others by
+    1 / (1 - p); in eval it is the identity."""
+    torch.manual_seed(0)
+    emb = torch.rand(64, 50, 8) + 1.0  # no zero entries
+    dropped = WordDropout(0.25).train()(emb)
+    zeroed = (dropped == 0).all(-1)  # (64, 50)
+    assert torch.equal(dropped == 0, zeroed.unsqueeze(-1).expand_as(emb))  # whole vectors or nothing
+    assert abs(zeroed.float().mean().item() - 0.25) < 0.02
+    torch.testing.assert_close(dropped[~zeroed], emb[~zeroed] / 0.75)
+    assert torch.equal(WordDropout(0.25).eval()(emb), emb)
+
+
+@pytest.mark.parametrize("kind", ["basic", "input_feeding"])
+def test_word_dropout_acts_on_source_and_target_in_training(kind):
+    """`model.word_dropout`: an RNN with it is, in eval, the same model as without it (no parameters); in training
+    it changes the encoder states (source words) and, with the encoder's kept equal, the decoder (target words)."""
+    batch = random_batch(4, size=3)
+    args = batch["src"], batch["src_lengths"], batch["tgt_in"]
+    plain, dropping = small_model(**MODEL_KINDS[kind]), small_model(word_dropout=0.5, **MODEL_KINDS[kind])
+    torch.testing.assert_close(dropping(*args)[0], plain(*args)[0])
+    plain.train(), dropping.train()
+    memory = plain.encoder(batch["src"], batch["src_lengths"])[0]
+    assert not torch.allclose(dropping.encoder(batch["src"], batch["src_lengths"])[0], memory)
+    enc = plain.encode(batch["src"], batch["src_lengths"])
+    target_side = dropping.decoder(batch["tgt_in"], enc, dropping.init_state(enc))[0]
+    assert not torch.allclose(target_side, plain.decoder(batch["tgt_in"], enc, plain.init_state(enc))[0])
 
 
 @pytest.mark.parametrize("kind", list(MODEL_KINDS))

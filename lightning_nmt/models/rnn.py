@@ -3,7 +3,7 @@ decoders, and `RNNSeq2Seq` joining an encoder and a decoder."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 
@@ -49,6 +49,21 @@ def build_rnn(
     )
 
 
+class WordDropout(nn.Module):
+    """Drops whole words in training (Gal & Ghahramani, 2016; Sennrich & Zhang, 2019): each position's
+    embedding is zeroed with probability p and the others scaled by 1 / (1 - p). emb (B, T, E) -> (B, T, E)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, emb: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return emb
+        keep = torch.empty(emb.shape[:-1] + (1,), device=emb.device, dtype=emb.dtype).bernoulli_(1.0 - self.p)
+        return emb * keep / (1.0 - self.p)
+
+
 class RNNState(NamedTuple):
     """Decoder state. hidden: (L, B, H), or (h, c) for an LSTM; feed: (B, 1, D) previous
     attentional vector when input feeding, else None."""
@@ -69,9 +84,11 @@ class RNNEncoder(nn.Module):
         num_layers: int,
         bidirectional: bool,
         dropout: float,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        self.word_dropout = WordDropout(word_dropout)
         self.dropout = nn.Dropout(dropout)
         self.rnn = build_rnn(rnn_type, embedding_dim, hidden_size, num_layers, dropout, bidirectional)
         self.output_size = hidden_size * (2 if bidirectional else 1)
@@ -80,7 +97,7 @@ class RNNEncoder(nn.Module):
         """src (B, S), src_lengths (B,) -> states (B, S, H_out) (zero at padding) and
         final (B, H_out): the last layer's final states, both directions concatenated."""
         packed = pack_padded_sequence(
-            self.dropout(self.embed(src)), src_lengths.cpu(), batch_first=True, enforce_sorted=False
+            self.dropout(self.word_dropout(self.embed(src))), src_lengths.cpu(), batch_first=True, enforce_sorted=False
         )
         states, final = self.rnn(packed)
         states, _ = pad_packed_sequence(states, batch_first=True, total_length=src.size(1))
@@ -112,9 +129,11 @@ class RNNDecoder(nn.Module):
         *,
         rnn_input_size: int,
         input_feeding: bool,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
+        self.word_dropout = WordDropout(word_dropout)
         self.dropout = nn.Dropout(dropout)
         self.bridge = nn.Linear(encoder_size, hidden_size)
         self.rnn = build_rnn(rnn_type, rnn_input_size, hidden_size, num_layers, dropout)
@@ -143,7 +162,7 @@ class RNNDecoder(nn.Module):
         self, tgt_in: Tensor, enc: EncoderOutput, state: RNNState, return_attention: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """Teacher forcing: tgt_in (B, T) -> features (B, T, D), attention (B, T, S) if asked and any."""
-        emb = self.dropout(self.embed(tgt_in))
+        emb = self.embed_words(tgt_in)
         if not self.input_feeding:  # the RNN reads the target words only: all T steps at once
             features, _, weights = self.steps(emb, enc, state)
             return features, weights if return_attention else None
@@ -154,11 +173,15 @@ class RNNDecoder(nn.Module):
             weights.append(step_weights)
         return torch.cat(features, dim=1), torch.cat(weights, dim=1) if return_attention else None
 
+    def embed_words(self, tokens: Tensor) -> Tensor:
+        """tokens (R, T) -> embeddings (R, T, E), after word dropout and dropout."""
+        return self.dropout(self.word_dropout(self.embed(tokens)))
+
     def step(
         self, tokens: Tensor, enc: EncoderOutput, state: RNNState
     ) -> tuple[Tensor, RNNState, Tensor | None]:
         """Read tokens (R,) -> features (R, D), new state, attention weights (R, S) or None."""
-        features, state, weights = self.steps(self.dropout(self.embed(tokens.unsqueeze(1))), enc, state)
+        features, state, weights = self.steps(self.embed_words(tokens.unsqueeze(1)), enc, state)
         return features.squeeze(1), state, None if weights is None else weights.squeeze(1)
 
 
@@ -175,6 +198,7 @@ class BasicDecoder(RNNDecoder):
         num_layers: int,
         encoder_size: int,
         dropout: float,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             rnn_type,
@@ -186,6 +210,7 @@ class BasicDecoder(RNNDecoder):
             dropout,
             rnn_input_size=embedding_dim + encoder_size,
             input_feeding=False,
+            word_dropout=word_dropout,
         )
 
     def steps(self, emb: Tensor, enc: EncoderOutput, state: RNNState) -> tuple[Tensor, RNNState, None]:
@@ -217,6 +242,7 @@ class AttentionDecoder(RNNDecoder):
         dropout: float,
         attention: str,
         input_feeding: bool,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             rnn_type,
@@ -228,6 +254,7 @@ class AttentionDecoder(RNNDecoder):
             dropout,
             rnn_input_size=embedding_dim + (hidden_size if input_feeding else 0),
             input_feeding=input_feeding,
+            word_dropout=word_dropout,
         )
         self.attention = build_attention(attention, hidden_size, encoder_size)
 
@@ -307,15 +334,17 @@ class RNNOptions(ModelOptions):
     decoder_layers: int
     dropout: float
     tie_embeddings: bool  # the target embeddings are the output layer's weights
+    # whole source and target words dropped in training (`WordDropout`); 0 in checkpoints from before it
+    word_dropout: float = field(default=0.0, kw_only=True)
 
     def encoder(self, src_vocab_size: int) -> RNNEncoder:
         return RNNEncoder(self.rnn_type, src_vocab_size, self.embedding_dim, self.encoder_hidden,
-                          self.encoder_layers, self.bidirectional, self.dropout)
+                          self.encoder_layers, self.bidirectional, self.dropout, self.word_dropout)
 
     def decoder_args(self, tgt_vocab_size: int, encoder: RNNEncoder) -> dict[str, object]:
         return dict(rnn_type=self.rnn_type, vocab_size=tgt_vocab_size, embedding_dim=self.embedding_dim,
                     hidden_size=self.decoder_hidden, num_layers=self.decoder_layers,
-                    encoder_size=encoder.output_size, dropout=self.dropout)
+                    encoder_size=encoder.output_size, dropout=self.dropout, word_dropout=self.word_dropout)
 
 
 @register_model("basic")
