@@ -157,10 +157,13 @@ def test_shared_embeddings_are_one_matrix_for_source_target_and_output():
 
 
 def test_options_newer_than_a_checkpoint_take_their_default():
-    """A checkpoint's model hyperparameters from before `share_embeddings` existed still build (unshared)."""
+    """A checkpoint's model hyperparameters from before `share_embeddings` (or the RNNs' `word_dropout`) existed
+    still build (unshared, no word dropout)."""
     model = build_model({**SMALL, "type": "transformer", "dropout": 0.2}, 20, 20)
     assert model.src_embed is not model.tgt_embed
     assert model.decoder_layers[0].self_attn.dropout == model.decoder_layers[0].ffn[2].p == 0.2  # = dropout
+    rnn = build_model(SMALL, 20, 20)  # from before `word_dropout`: none
+    assert rnn.encoder.word_dropout.p == rnn.decoder.word_dropout.p == 0.0
     with pytest.raises(KeyError):
         build_model({k: v for k, v in SMALL.items() if k != "d_model"} | {"type": "transformer"}, 20, 20)
 
