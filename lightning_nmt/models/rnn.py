@@ -60,7 +60,7 @@ class WordDropout(nn.Module):
     def forward(self, emb: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return emb
-        keep = torch.empty(emb.shape[:-1] + (1,), device=emb.device, dtype=emb.dtype).bernoulli_(1.0 - self.p)
+        keep = emb.new_empty(*emb.shape[:-1], 1).bernoulli_(1.0 - self.p)  # (B, T, 1)
         return emb * keep / (1.0 - self.p)
 
 
@@ -84,7 +84,7 @@ class RNNEncoder(nn.Module):
         num_layers: int,
         bidirectional: bool,
         dropout: float,
-        word_dropout: float = 0.0,
+        word_dropout: float,
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
@@ -129,7 +129,7 @@ class RNNDecoder(nn.Module):
         *,
         rnn_input_size: int,
         input_feeding: bool,
-        word_dropout: float = 0.0,
+        word_dropout: float,
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
@@ -198,7 +198,7 @@ class BasicDecoder(RNNDecoder):
         num_layers: int,
         encoder_size: int,
         dropout: float,
-        word_dropout: float = 0.0,
+        word_dropout: float,
     ) -> None:
         super().__init__(
             rnn_type,
@@ -242,7 +242,7 @@ class AttentionDecoder(RNNDecoder):
         dropout: float,
         attention: str,
         input_feeding: bool,
-        word_dropout: float = 0.0,
+        word_dropout: float,
     ) -> None:
         super().__init__(
             rnn_type,
