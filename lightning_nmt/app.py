@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -317,7 +318,7 @@ def setup_process() -> None:
 
 def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     """Data, module, loggers, callbacks and trainer of a job; checks the values (`config.check_values`, before
-    any data is read) and a checkpoint to resume from first."""
+    any data is read) and a checkpoint to resume from first. Warns of bf16 on a CPU that emulates it."""
     check_values(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg.data, cfg.seed)
@@ -331,6 +332,10 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
     check_average_option(cfg)
     checkpoint_io = AtomicCheckpointIO(last=output_dir / "checkpoints" / LAST_CKPT)
     trainer = build_trainer(cfg, output_dir, loggers, callbacks, checkpoint_io)
+    slow_precision = cpu_kernels.emulated_bf16_warning(str(trainer.precision),
+                                                       isinstance(trainer.accelerator, CPUAccelerator))
+    if slow_precision and trainer.is_global_zero:
+        log.warning(slow_precision)
     return Run(output_dir, datamodule, module, trainer, callbacks, loggers, checkpoint_io, ckpt_path)
 
 

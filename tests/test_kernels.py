@@ -14,13 +14,14 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.profiler import profile
 
-from lightning_nmt.app import run_cli
+from lightning_nmt.app import build_run, run_cli
 from lightning_nmt.config import Speedups, TrainConfig
 from lightning_nmt.data.tokenizer import EOS_ID, PAD_ID
 from lightning_nmt.kernels import cpu
 from lightning_nmt.kernels.cpu import Dropout, Linear, packable_dtypes, packed_linears, row_top
 from lightning_nmt.models import search
 from lightning_nmt.module import TranslationModule
+from tests.conftest import compose_config
 from tests.test_models_build import MODEL_KINDS, SMALL, random_batch, small_model
 
 BF16 = torch.bfloat16 in packable_dtypes()
@@ -318,3 +319,54 @@ def test_entry_points_apply_the_process_settings_of_their_config(monkeypatch, cf
     monkeypatch.setattr(cpu, "tune_process", lambda speedups, accelerator: seen.append((speedups, accelerator)))
     assert run_cli(lambda _: "ran", OmegaConf.create(cfg)) == "ran"
     assert seen == [want]
+
+
+X86_CPUINFO = """processor\t: 0
+flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni
+processor\t: 1
+flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni
+"""
+
+
+@pytest.mark.parametrize(("cpuinfo", "native"), [
+    (X86_CPUINFO, False),                                                    # Ice Lake: AVX-512 without BF16
+    (X86_CPUINFO.replace("avx512_vnni", "avx512_vnni avx512_bf16 amx_bf16 amx_tile"), True),  # Sapphire Rapids
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),         # Arm Neoverse V1
+    ("processor\t: 0\nFeatures\t: fp asimd\n", False),
+])
+def test_cpu_flags_tell_native_bf16(cpuinfo, native):
+    assert bool(cpu.cpu_flags(cpuinfo) & cpu.BF16_FLAGS) is native
+    assert "avx512_bf16" not in cpu.cpu_flags("model name\t: avx512_bf16 in a name\n")  # only flag lines count
+
+
+@pytest.mark.parametrize(("native", "precision", "on_cpu", "warned"), [
+    (False, "bf16-mixed", True, True),
+    (False, "bf16-true", True, True),
+    (False, "32-true", True, False),
+    (False, "bf16-mixed", False, False),   # a GPU run
+    (True, "bf16-mixed", True, False),
+    (None, "bf16-mixed", True, False),     # unknown (no /proc/cpuinfo): no guess
+])
+def test_emulated_bf16_is_warned_with_the_fix(monkeypatch, native, precision, on_cpu, warned):
+    monkeypatch.setattr(cpu, "native_bf16", lambda: native)
+    message = cpu.emulated_bf16_warning(precision, on_cpu)
+    assert (message is not None) is warned
+    if warned:
+        assert f"trainer.precision={precision}" in message and "trainer.precision=32-true" in message
+
+
+@pytest.mark.parametrize(("native", "precision", "warned"), [
+    (False, "bf16-mixed", True), (True, "bf16-mixed", False), (False, "32-true", False),
+])
+def test_training_run_warns_of_emulated_bf16_once(monkeypatch, caplog, tmp_path, native, precision, warned):
+    """`build_run` (lnmt-train) logs one WARNING naming the override when a CPU run asks for bf16 on a CPU
+    without it, whatever `speedups` is; nothing otherwise."""
+    monkeypatch.setattr(cpu, "native_bf16", lambda: native)
+    cfg = compose_config("train", ["data=sample", "model=basic", "trainer=cpu", f"trainer.precision={precision}",
+                                   "speedups=off", "logger=none"], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="lightning_nmt"):
+        build_run(cfg, tmp_path / "run")
+    records = [r for r in caplog.records if "without native bf16" in r.getMessage()]
+    assert len(records) == int(warned)
+    if warned:
+        assert records[0].levelno == logging.WARNING and "trainer.precision=32-true" in records[0].getMessage()

@@ -34,6 +34,9 @@ section "The CPU speed-up layer"):
   new shapes), are limited to 8 (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`) and 32 (`LRU_CACHE_CAPACITY`): under
   bf16-mixed, peak memory otherwise grew by 0.5-1.7 GB; 8 for ideep made bf16 decoding ~10% slower. Values the
   user set win; it must run before the first bf16 matmul.
+
+Not switched by `speedups`: `emulated_bf16_warning`, which `lnmt-train` logs when a CPU run asks for bf16 on a
+CPU without native bf16 (benchmarks/README.md, "Precision on a CPU without native bf16").
 """
 
 from __future__ import annotations
@@ -225,6 +228,43 @@ def decoding(model: nn.Module) -> Iterator[TopK | None]:
         return
     with torch.inference_mode(False), torch.no_grad(), packed_linears(model):
         yield row_top
+
+
+# ---- hardware ----------------------------------------------------------------------------------------------
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+"""CPU flags of native bf16 arithmetic in /proc/cpuinfo: x86 AVX-512 BF16 and AMX (`flags`), Arm (`Features`)."""
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The flags of every processor in the text of /proc/cpuinfo (x86 `flags`, Arm `Features` lines)."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+@functools.cache
+def native_bf16() -> bool | None:
+    """Whether this CPU computes in bf16 natively (`BF16_FLAGS`); None where /proc/cpuinfo is missing (not
+    Linux) or lists no flags. Without it, oneDNN still runs bf16 matmuls (`_is_mkldnn_bf16_supported` is true
+    on any AVX-512 CPU), but through conversions to fp32."""
+    try:
+        flags = cpu_flags(open("/proc/cpuinfo", encoding="utf-8", errors="replace").read())
+    except OSError:
+        return None
+    return bool(flags & BF16_FLAGS) if flags else None
+
+
+def emulated_bf16_warning(precision: str, on_cpu: bool) -> str | None:
+    """The warning for training in bf16 on a CPU without native bf16 (a step slower than in fp32 there,
+    benchmarks/README.md "Precision on a CPU without native bf16"), else None. Given whatever `speedups` is."""
+    if not (on_cpu and precision.startswith("bf16") and native_bf16() is False):
+        return None
+    return (f"trainer.precision={precision} on a CPU without native bf16 (/proc/cpuinfo lists none of "
+            f"{', '.join(sorted(BF16_FLAGS))}): bf16 matmuls are emulated and training runs slower than in fp32; "
+            "add trainer.precision=32-true")
 
 
 # ---- process -----------------------------------------------------------------------------------------------
