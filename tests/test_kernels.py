@@ -339,6 +339,21 @@ def test_cpu_flags_tell_native_bf16(cpuinfo, native):
     assert "avx512_bf16" not in cpu.cpu_flags("model name\t: avx512_bf16 in a name\n")  # only flag lines count
 
 
+@pytest.mark.parametrize(("text", "native"), [(X86_CPUINFO, False), ("Features\t: fp bf16\n", True), ("", None),
+                                              (None, None)])
+def test_native_bf16_reads_proc_cpuinfo(monkeypatch, tmp_path, text, native):
+    """True / False from the flags; None (no guess) for a file without flags or no file (not Linux)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    if text is not None:
+        cpuinfo.write_text(text)
+    monkeypatch.setattr(cpu, "CPUINFO", cpuinfo)
+    cpu.native_bf16.cache_clear()
+    try:
+        assert cpu.native_bf16() is native
+    finally:
+        cpu.native_bf16.cache_clear()
+
+
 @pytest.mark.parametrize(("native", "precision", "on_cpu", "warned"), [
     (False, "bf16-mixed", True, True),
     (False, "bf16-true", True, True),

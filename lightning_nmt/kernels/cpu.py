@@ -49,6 +49,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -233,6 +234,7 @@ def decoding(model: nn.Module) -> Iterator[TopK | None]:
 # ---- hardware ----------------------------------------------------------------------------------------------
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 """CPU flags of native bf16 arithmetic in /proc/cpuinfo: x86 AVX-512 BF16 and AMX (`flags`), Arm (`Features`)."""
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def cpu_flags(cpuinfo: str) -> frozenset[str]:
@@ -251,7 +253,7 @@ def native_bf16() -> bool | None:
     Linux) or lists no flags. Without it, oneDNN still runs bf16 matmuls (`_is_mkldnn_bf16_supported` is true
     on any AVX-512 CPU), but through conversions to fp32."""
     try:
-        flags = cpu_flags(open("/proc/cpuinfo", encoding="utf-8", errors="replace").read())
+        flags = cpu_flags(CPUINFO.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return None
     return bool(flags & BF16_FLAGS) if flags else None
