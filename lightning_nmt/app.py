@@ -7,9 +7,11 @@ import json
 import logging
 import netrc
 import os
+import re
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +45,17 @@ from lightning_nmt.resume import (
     ResumeState,
     cluster_plugins,
 )
-from lightning_nmt.sweeps import skip_duplicate, swept_keys, swept_overrides
+from lightning_nmt.sweeps import (
+    FINISHED,
+    config_hash,
+    failure_metrics,
+    finished_metrics,
+    report_job,
+    skip_duplicate,
+    swept_keys,
+    swept_overrides,
+    write_failure,
+)
 
 log = logging.getLogger("lightning_nmt")
 
@@ -58,9 +70,38 @@ def to_dict(node: Any) -> Any:
     return node
 
 
+QUIET_WARNINGS = (
+    r"`training_step` returned `None`",  # a step skipped for a NaN/inf loss: counted and logged by the module
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # torch's deprecation, raised inside Lightning
+)
+"""Warnings a user cannot act on: written to the run's log file (train.log), not to the terminal."""
+
+
+def quiet_warnings() -> None:
+    """Send the `QUIET_WARNINGS` to the log files of the root logger only (idempotent)."""
+    show = warnings.showwarning
+    if getattr(show, "quiet", False):
+        return
+
+    def show_or_file(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                     file: Any = None, line: str | None = None) -> None:
+        if not any(re.search(pattern, str(message)) for pattern in QUIET_WARNINGS):
+            return show(message, category, filename, lineno, file, line)
+        record = logging.LogRecord("py.warnings", logging.WARNING, filename, lineno,
+                                   f"{category.__name__}: {message}", None, None)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
+    show_or_file.quiet = True  # type: ignore[attr-defined]
+    warnings.showwarning = show_or_file
+
+
 def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run an entry point; a user error is one line on stderr and exit status 2, not a traceback. With
-    `speedups=auto` on the CPU, the process settings of the CPU kernels are applied first."""
+    `speedups=auto` on the CPU, the process settings of the CPU kernels are applied first; the warnings a user
+    cannot act on go to the log file only (`quiet_warnings`)."""
+    quiet_warnings()
     accelerator = cfg.trainer.accelerator if "trainer" in cfg else cfg.get("accelerator", "cpu")
     cpu_kernels.tune_process(cfg.get("speedups", "auto"), accelerator)
     try:
@@ -341,14 +382,42 @@ def build_run(cfg: DictConfig, output_dir: Path) -> Run:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train, test the best checkpoint (with `average_checkpoints=k`: the average of the best k), write
-    metrics.json; returns the metrics."""
+    metrics.json; returns the metrics.
+
+    In a multirun a job is a result, not the end of the sweep: a job that finished earlier (same directory, same
+    effective config) is not trained again, its metrics are returned; a job that fails writes its metrics.json with
+    `status: failed`, the error and the step it reached, and returns those (`main` gives the sweeper NaN).
+    Ctrl-C and a stop signal still end the whole sweep."""
     started = time.time()
     setup_process()
     output_dir = Path(cfg.paths.output_dir).resolve()
-    duplicate = skip_duplicate(cfg, output_dir, hydra_runtime())
-    if duplicate is not None:
-        return duplicate
-    run = build_run(cfg, output_dir)
+    runtime = hydra_runtime()
+    if not runtime.get("multirun"):
+        return train_run(cfg, build_run(cfg, output_dir), started)
+    run: Run | None = None
+    try:
+        metrics = finished_metrics(cfg, output_dir)
+        if metrics is not None:
+            log.info("finished earlier: not trained again (%s)", output_dir / "metrics.json")
+        else:
+            metrics = skip_duplicate(cfg, output_dir, runtime)
+        if metrics is None:
+            run = build_run(cfg, output_dir)
+            metrics = train_run(cfg, run, started)
+    except Exception as err:  # noqa: BLE001 (any failure of one job: a bad value, divergence, a bug, out of memory)
+        metrics = failure_metrics(cfg, err, run.trainer.global_step if run else 0)
+        log.error("job failed at step %d: %s", metrics["step"], metrics["error"],
+                  exc_info=None if isinstance(err, UserError) else err)
+        if rank_zero_only.rank == 0:
+            write_failure(output_dir, metrics)
+    if rank_zero_only.rank == 0:
+        report_job(runtime["sweep_dir"], output_dir, metrics)
+    return metrics
+
+
+def train_run(cfg: DictConfig, run: Run, started: float) -> dict[str, Any]:
+    """Fit and report a built run; metrics.json is written (by global rank 0) when it finishes."""
+    output_dir = run.output_dir
     batch = effective_batch(cfg, run.trainer.world_size)
     if run.trainer.is_global_zero:
         log.info("effective batch: %s; padded fraction of target positions: %.3f", batch,
@@ -357,7 +426,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             logger.log_hyperparams({"config": to_dict(cfg), "effective_batch": batch})
     try:
         fit(cfg, run)
-        metrics = report(cfg, run, batch, started)
+        metrics = {"status": FINISHED, **report(cfg, run, batch, started), "config_hash": config_hash(cfg)}
         if run.trainer.is_global_zero:
             atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
             log.info("run directory: %s", output_dir)

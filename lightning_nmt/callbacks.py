@@ -141,6 +141,12 @@ class StepProgressBar(TQDMProgressBar):
             bar.n = trainer.global_step
             bar.set_description("step")
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Close the bars, so the error line that follows starts on a line of its own and no bar is redrawn."""
+        for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar):
+            if bar is not None:
+                bar.close()
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if not self._by_steps(trainer):

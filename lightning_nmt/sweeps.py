@@ -8,14 +8,17 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.errors import ConfigError
 from lightning_nmt.models import MODEL_TYPES, model_keys
 
 log = logging.getLogger("lightning_nmt")
@@ -117,3 +120,79 @@ def skip_duplicate(cfg: Mapping[str, Any], output_dir: Path, runtime: Mapping[st
     log.info("same effective config as %s: not trained again (metrics.json points there)", original)
     metrics_file = original / "metrics.json"
     return {**json.loads(metrics_file.read_text()), **marker} if metrics_file.is_file() else marker
+
+
+# ---- a failed job is a result; a rerun finishes the sweep ------------------------------------------------------
+JOBS_FILE = ".jobs.jsonl"
+"""File of the sweep directory with one line per job this invocation of the sweep ran: its directory, status and
+error (appended by each job, so it works with every launcher; emptied when the sweep starts)."""
+
+FINISHED, FAILED = "finished", "failed"
+
+
+def finished_metrics(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a job that finished earlier in `output_dir` with the same effective config, else None.
+
+    A metrics.json without `status` or `config_hash` (written before they existed) counts as finished when it
+    has `steps`; one of another config is a `ConfigError` (the sweep directory was reused for another sweep)."""
+    path = output_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    if metrics.get("status", FINISHED if "steps" in metrics else None) != FINISHED:
+        return None
+    if metrics.get("config_hash", config_hash(cfg)) != config_hash(cfg):
+        raise ConfigError(f"{output_dir} holds a finished job of another configuration; run this sweep in "
+                          "another hydra.sweep.dir")
+    return metrics
+
+
+def failure_metrics(cfg: Mapping[str, Any], err: Exception, step: int) -> dict[str, Any]:
+    """What metrics.json of a failed job says: status, the error line, its type and the step reached."""
+    error = " ".join(str(err).split()) or type(err).__name__
+    return {"status": FAILED, "error": error, "error_type": type(err).__name__, "step": step,
+            "config_hash": config_hash(cfg)}
+
+
+def write_failure(output_dir: Path, metrics: dict[str, Any]) -> None:
+    """Write a failed job's metrics.json, unless the directory holds a finished job's (which is kept)."""
+    path = output_dir / "metrics.json"
+    if path.is_file() and json.loads(path.read_text()).get("status") == FINISHED:
+        return
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+
+
+def report_job(sweep_dir: str | Path, output_dir: Path, metrics: Mapping[str, Any]) -> None:
+    """Append this job's outcome to the sweep's `JOBS_FILE` (one short O_APPEND write: lines never mix)."""
+    status = FAILED if metrics.get("status") == FAILED else FINISHED
+    line = {"dir": str(output_dir), "status": status, "error": metrics.get("error")}
+    with open(Path(sweep_dir) / JOBS_FILE, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def sweep_summary(sweep_dir: str | Path) -> tuple[str, bool]:
+    """One line on the jobs of this sweep (`12 jobs: 10 finished, 2 failed: <dirs>`) and whether any failed."""
+    path = Path(sweep_dir) / JOBS_FILE
+    lines = path.read_text().splitlines() if path.is_file() else []
+    jobs = {job["dir"]: job for job in map(json.loads, lines)}  # a job reported twice (requeued): its last line
+    failed = [d for d, job in jobs.items() if job["status"] == FAILED]
+    text = f"{len(jobs)} jobs: {len(jobs) - len(failed)} finished, {len(failed)} failed"
+    if failed:
+        text += ": " + " ".join(os.path.relpath(d, sweep_dir) for d in failed)
+    return text, bool(failed)
+
+
+class SweepSummary(Callback):
+    """Hydra callback of `lnmt-train -m`: empties `JOBS_FILE` when the sweep starts; at its end prints
+    `sweep_summary` and exits with status 1 if a job failed (each failed job's metrics.json says why)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / JOBS_FILE).write_text("")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        text, any_failed = sweep_summary(config.hydra.sweep.dir)
+        print(text, file=sys.stderr if any_failed else sys.stdout)
+        if any_failed:
+            sys.exit(1)

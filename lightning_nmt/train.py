@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
 
 import hydra
 from omegaconf import DictConfig
 
 from lightning_nmt.app import run_cli, train
 from lightning_nmt.config import CONF_DIR, register_configs
+from lightning_nmt.sweeps import FAILED
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> Any:
+def main(cfg: DictConfig) -> float | None:
+    """Train; returns the objective of a sweep: the validation BLEU of the best checkpoint, NaN for a failed job
+    (an Optuna search tells it to the study as a failed trial)."""
     metrics = run_cli(train, cfg)
-    return metrics.get("val", {}).get("bleu") if metrics else None  # the objective of hparams_search
+    if metrics and metrics.get("status") == FAILED:
+        return math.nan
+    return metrics.get("val", {}).get("bleu") if metrics else None
 
 
 if __name__ == "__main__":

@@ -47,6 +47,12 @@ def _local_paths(cfg: DictConfig, tmp_path: Path | None) -> DictConfig:
     return cfg
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A sentencepiece and encoded-corpus cache shared by the tests of a module."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
 def multi30k_root() -> Path:
     if not (MULTI30K / "train.en.gz").is_file():

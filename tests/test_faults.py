@@ -40,11 +40,6 @@ def config(tmp_path: Path, cache: Path, *extra: str):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
 def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err, err

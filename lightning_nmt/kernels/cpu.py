@@ -55,6 +55,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_nmt.models.base import cpu_autocast_dtype
 from lightning_nmt.models.search import TopK
 
 log = logging.getLogger("lightning_nmt")
@@ -112,7 +113,7 @@ class Linear(nn.Linear):
             weight, bias = self.packed
             return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, "none", [], "")
         if x.device.type == "cpu" and x.numel() >= self.PACK_ROWS * self.in_features:
-            dtype = _compute_dtype(self.weight, _cpu_autocast_dtype())
+            dtype = _compute_dtype(self.weight, cpu_autocast_dtype())
             if dtype == torch.bfloat16 and dtype in packable_dtypes():
                 bias = None if self.bias is None else self.bias.to(dtype)
                 return _PackedLinear.apply(x.to(dtype), self.weight.to(dtype), bias)
@@ -139,15 +140,6 @@ class _PackedLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_2d.sum(0) if needs_bias else None
 
 
-def _cpu_autocast_dtype() -> torch.dtype | None:
-    """The dtype CPU autocast casts fp32 matmul operands to, or None when it is off."""
-    try:
-        enabled, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
-    except TypeError:  # torch < 2.4
-        enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-    return dtype if enabled else None
-
-
 def _compute_dtype(weight: Tensor, autocast: torch.dtype | None) -> torch.dtype:
     """The dtype a CPU matmul with `weight` runs in: `autocast`'s for fp32 weights when it is on, else the
     weight's."""
@@ -170,7 +162,7 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
     bf16, the dtype autocast runs it in), instead of the weight being reordered at every call. No-op where
     oneDNN has no kernel for the dtype. The weights must not change inside."""
     linears = [m for m in model.modules() if isinstance(m, Linear) and m.weight.device.type == "cpu"]
-    dtypes, autocast = packable_dtypes(), _cpu_autocast_dtype()
+    dtypes, autocast = packable_dtypes(), cpu_autocast_dtype()
     try:
         with torch.no_grad():
             for m in linears:

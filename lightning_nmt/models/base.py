@@ -26,6 +26,15 @@ def lookup(table: Mapping[str, T], name: str | Enum, what: str) -> T:
     return table[name]
 
 
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """The dtype CPU autocast casts fp32 matmul operands to, or None when it is off."""
+    try:
+        enabled, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    except TypeError:  # torch < 2.4
+        enabled, dtype = torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+    return dtype if enabled else None
+
+
 def length_mask(lengths: Tensor, max_len: int) -> Tensor:
     """lengths (B,) -> bool mask (B, max_len), True at the first `lengths[b]` positions."""
     return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)

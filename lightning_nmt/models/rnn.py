@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,7 @@ from lightning_nmt.models.base import (
     EncoderOutput,
     ModelOptions,
     Seq2Seq,
+    cpu_autocast_dtype,
     length_mask,
     lookup,
     output_layer,
@@ -25,7 +26,31 @@ from lightning_nmt.models.base import (
     register_model,
 )
 
-RNNS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+class LSTM(nn.LSTM):
+    """`nn.LSTM` that runs in fp32 under CPU bf16 autocast where oneDNN has no bf16 LSTM (CPUs without AVX-512,
+    where `nn.LSTM` raises "could not create a primitive descriptor"); elsewhere exactly `nn.LSTM`. fp32 is what
+    a GRU, and an LSTM over a packed sequence, compute under CPU autocast anyway (autocast casts only oneDNN's
+    LSTM to bf16). The first failing call tells, for the whole process."""
+
+    fp32_under_cpu_autocast: ClassVar[bool] = False
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):  # type: ignore[override]
+        if not (isinstance(input, Tensor) and input.device.type == "cpu" and cpu_autocast_dtype() == torch.bfloat16):
+            return super().forward(input, hx)
+        if not LSTM.fp32_under_cpu_autocast:
+            try:
+                return super().forward(input, hx)
+            except RuntimeError as err:
+                if "could not create a primitive descriptor" not in str(err):
+                    raise
+                LSTM.fp32_under_cpu_autocast = True
+        hx = None if hx is None else (hx[0].float(), hx[1].float())
+        with torch.autocast("cpu", enabled=False):
+            return super().forward(input.float(), hx)
+
+
+RNNS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": LSTM}
 RNNType = Enum("RNNType", {name: name for name in RNNS}, type=str)
 """`model.rnn_type` values: the names in `RNNS`."""
 

@@ -104,7 +104,7 @@ class _Prefixes:
         tokens = torch.cat([self.tokens[rows], words.unsqueeze(1)], dim=1)
         if weights is None:
             return _Prefixes(tokens)
-        attention = weights[rows].unsqueeze(1)
+        attention = weights[rows].float().unsqueeze(1)  # fp32 whatever the model computes in
         if self.attention is not None:
             attention = torch.cat([self.attention[rows], attention], dim=1)
         return _Prefixes(tokens, attention)
@@ -116,7 +116,7 @@ class _Finished:
     def __init__(self, batch: int, slots: int, max_len: int, device: torch.device) -> None:
         self.tokens = torch.full((batch, slots, max_len), PAD_ID, dtype=torch.long, device=device)
         self.lengths = torch.zeros(batch, slots, dtype=torch.long, device=device)
-        self.scores = torch.full((batch, slots), float("-inf"), device=device)
+        self.scores = torch.full((batch, slots), float("-inf"), dtype=torch.float32, device=device)
         self.attention: Tensor | None = None
         self.count = torch.zeros(batch, dtype=torch.long, device=device)
 
@@ -202,7 +202,7 @@ def greedy(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: DecodingC
     active = torch.arange(batch, device=src.device)
     tokens = torch.full((batch,), BOS_ID, device=src.device)
     prefixes = _Prefixes(src.new_empty(batch, 0))
-    scores = torch.zeros(batch, device=src.device)
+    scores = torch.zeros(batch, dtype=torch.float32, device=src.device)
     for t in range(finished.tokens.size(2)):
         log_probs, state, weights = _log_probs(
             model, tokens, enc, state, max_len[active] == t + 1, min_len[active] > t + 1
@@ -241,7 +241,7 @@ def beam_search(model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: Deco
     # rows are (sentence, hypothesis), `width` hypotheses per sentence: one at the first step (the k beams
     # would all be the same), then k
     width = 1
-    beam_scores = torch.zeros(batch, width, device=device)
+    beam_scores = torch.zeros(batch, width, dtype=torch.float32, device=device)
     tokens = torch.full((batch,), BOS_ID, device=device)
     prefixes = _Prefixes(src.new_empty(batch, 0))
     for t in range(finished.tokens.size(2)):
