@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from lightning_nmt.data.atomic import atomic_path, atomic_write_text
 from lightning_nmt.errors import UserError
+from lightning_nmt.sweeps import FAILED
 
 METRIC_COLUMNS: list[tuple[str, str, str, str]] = [
     # header, split, key, format
@@ -114,7 +115,9 @@ def _cell(run: Run, split: str, key: str, fmt: str) -> str:
 
 def _note(run: Run, labels: dict[Path, str]) -> str:
     if run.metrics is None:
-        return "no metrics.json (failed or still running)"
+        return "no metrics.json (interrupted or still running)"
+    if run.metrics.get("status") == FAILED:
+        return f"failed at step {run.metrics.get('step', 0)}: {run.metrics.get('error', '')}"
     if "duplicate_of" in run.metrics:
         original = Path(run.metrics["duplicate_of"]).resolve()
         return f"duplicate of {labels.get(original, str(original))}"

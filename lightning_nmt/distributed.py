@@ -67,6 +67,16 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
+def torchrun_rank_overrides(argv: Sequence[str]) -> list[str]:
+    """Hydra overrides for a process torchrun (or another launcher setting `RANK`) started as global rank > 0:
+    no `.hydra` copy and a log of its own (`train_rank<k>.log`) in the run directory, where rank 0 writes the
+    rest. None for rank 0, and for the ranks Lightning relaunches (they get theirs from `relaunch_command`)."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0 or any(arg.startswith("hydra.job.name=") for arg in argv):
+        return []
+    return ["hydra.output_subdir=null", f"hydra.job.name=train_rank{rank}"]
+
+
 def install_hydra_relaunch() -> None:
     """Make Lightning's DDP launcher start the other ranks with `relaunch_command` (idempotent)."""
     from lightning.pytorch.strategies.launchers import subprocess_script

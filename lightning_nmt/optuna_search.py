@@ -26,9 +26,9 @@ def nan_is_a_failed_trial() -> Iterator[None]:
     tell = optuna.study.Study.tell
 
     def tell_failed_on_nan(study: optuna.study.Study, trial: Any, values: Any = None, state: Any = None) -> Any:
-        if values is not None and any(math.isnan(v) for v in values):
+        if values is not None and any(math.isnan(v) for v in ([values] if isinstance(values, float) else values)):
             return tell(study, trial, state=TrialState.FAIL)
-        return tell(study, trial, values=values, state=state)
+        return tell(study, trial, values) if state is None else tell(study, trial, values, state)
 
     optuna.study.Study.tell = tell_failed_on_nan
     try:

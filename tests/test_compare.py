@@ -33,6 +33,8 @@ def sweep(tmp_path: Path) -> Path:
              {"duplicate_of": str(root / "0")})
     make_run(root / "2", ["model=attention", "model.attention=dot", "trainer.max_steps=300"], trained([20, 30], 29))
     make_run(root / "10", ["model=attention", "model.attention=general", "trainer.max_steps=300"], None)
+    make_run(root / "11", ["model=attention", "model.attention=concat", "trainer.max_steps=300"],
+             {"status": "failed", "error": "training diverged: the loss was NaN/inf", "step": 42})
     (root / ".dedup").mkdir()  # not a run
     return root
 
@@ -45,7 +47,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_multirun_table_has_one_row_per_job_with_differing_overrides(sweep: Path, capsys) -> None:
     main([str(sweep)])
     rows = read_csv(sweep / "compare.csv")
-    assert [r["run"] for r in rows] == ["sweep/0", "sweep/1", "sweep/2", "sweep/10"]  # numeric job order
+    assert [r["run"] for r in rows] == ["sweep/0", "sweep/1", "sweep/2", "sweep/10", "sweep/11"]  # numeric order
     assert list(rows[0])[:3] == ["run", "model", "model.attention"]  # trainer.max_steps is the same everywhere
     first = rows[0]
     # validation of the best checkpoint (BLEU 9 at step 200), test, steps, time, throughput
@@ -55,6 +57,7 @@ def test_multirun_table_has_one_row_per_job_with_differing_overrides(sweep: Path
     assert rows[1]["test BLEU"] == "" and rows[1]["note"] == "duplicate of sweep/0"
     assert rows[2]["val BLEU"] == "30.00" and rows[2]["note"] == ""
     assert rows[3]["test BLEU"] == "" and "no metrics.json" in rows[3]["note"]
+    assert rows[4]["val BLEU"] == "" and rows[4]["note"] == "failed at step 42: training diverged: the loss was NaN/inf"
     out = capsys.readouterr().out
     assert out == (sweep / "compare.md").read_text()
     assert out.splitlines()[2].startswith("| sweep/0 | basic | dot | 9.00 | 8.50 |")

@@ -268,3 +268,50 @@ def test_ddp_step_equals_one_process_step_on_the_whole_batch(tmp_path):
     assert moved > 100 * TOLERANCE  # the parameters did change
     diff = max((module.state_dict()[k] - reference.state_dict()[k]).abs().max().item() for k in initial)
     assert diff < TOLERANCE
+
+
+def test_a_rank_torchrun_started_writes_only_its_own_log(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert distributed.torchrun_rank_overrides(["trainer=ddp"]) == ["hydra.output_subdir=null",
+                                                                     "hydra.job.name=train_rank1"]
+    assert distributed.torchrun_rank_overrides(["hydra.job.name=train_rank1"]) == []  # Lightning relaunched it
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.torchrun_rank_overrides([]) == []
+
+
+@pytest.mark.slow
+def test_two_nodes_under_torchrun_train_as_one_node_with_two_processes(tmp_path):
+    """Two "nodes" on 127.0.0.1 (torchrun --nnodes 2, one process each, gloo) write one run directory, rank 1 only
+    its log, and end with the weights and validation loss of one node running two processes."""
+    args = ["trainer=ddp_cpu", *TINY, "trainer.max_steps=4", "trainer.val_check_interval=2", "logger=csv",
+            "test_after_training=false", f"paths.cache_dir={tmp_path}/cache"]
+    run_train("lightning_nmt.train", [*args, f"hydra.run.dir={tmp_path}/one_node"], cwd=tmp_path)
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    for name in distributed.RANK_VARIABLES:
+        env.pop(name, None)
+    port = 29000 + os.getpid() % 1000
+    nodes = []
+    for node in range(2):
+        cwd = tmp_path / f"node{node}"
+        cwd.mkdir()
+        nodes.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+             f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "lightning_nmt.train",
+             *args, "trainer.devices=1", "trainer.num_nodes=2", f"hydra.run.dir={tmp_path}/two_nodes"],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+    run = tmp_path / "two_nodes"
+    assert [list(p.iterdir()) for p in (tmp_path / "node0", tmp_path / "node1")] == [[], []]
+    assert sorted(p.name for p in run.glob("*.log")) == ["train.log", "train_rank1.log"]
+    assert [p.relative_to(run).as_posix() for p in run.rglob(".hydra")] == [".hydra"]
+    metrics = [json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("two_nodes", "one_node")]
+    assert [m["effective_batch"]["world_size"] for m in metrics] == [2, 2]
+    assert [h["step"] for m in metrics for h in m["val_history"]] == [2, 4, 2, 4]
+    losses = [[h["loss"] for h in m["val_history"]] for m in metrics]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    weights = [torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+               for d in ("two_nodes", "one_node")]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(value, weights[1][key], rtol=1e-5, atol=1e-6)
