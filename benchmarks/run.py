@@ -1,6 +1,6 @@
 """Speed benchmark of lightning_nmt on Multi30k En->De, beside Joey NMT (see benchmarks/README.md).
 
-    python benchmarks/run.py --steps 300 [--model attention|basic|transformer] [--input-feeding]
+    python benchmarks/run.py --steps 300 [--model attention|basic|transformer] [--input-feeding] [--rnn-type gru|lstm]
                              [--precision 32|bf16-mixed] [--decode-precision 32|bf16-mixed] [--joey]
 
 Trains the reference model (Joey's reference: joint BPE 8k, emb 256, biGRU 256/dir, GRU 512, Luong
@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--model", choices=["attention", "basic", "transformer"], default="attention")
     p.add_argument("--input-feeding", action="store_true", help="Luong input feeding (step-by-step path)")
+    p.add_argument("--rnn-type", choices=["gru", "lstm"], default="gru", help="the recurrent layers (model.rnn_type)")
     p.add_argument("--precision", choices=["32", "bf16-mixed"], default="32")
     p.add_argument("--joey", action="store_true", help="run Joey NMT's script with the same steps afterwards")
     p.add_argument("--tgt-tokens", type=int, default=1800, help="real target tokens per step (Joey: ~1,800)")
@@ -244,7 +245,7 @@ def run_ours(args: argparse.Namespace) -> tuple[dict[str, Any], TranslationModul
     n_batches = sum(1 for _ in datamodule.train_dataloader())
     loader_rate = n_batches / (time.perf_counter() - loader_start)
 
-    model = {**REFERENCE_MODEL, "type": args.model, "input_feeding": args.input_feeding}
+    model = {**REFERENCE_MODEL, "type": args.model, "input_feeding": args.input_feeding, "rnn_type": args.rnn_type}
     module = TranslationModule(
         model=model, src_vocab_size=datamodule.tokenizer.src_vocab_size,
         tgt_vocab_size=datamodule.tokenizer.tgt_vocab_size,
@@ -285,7 +286,7 @@ def run_ours(args: argparse.Namespace) -> tuple[dict[str, Any], TranslationModul
         decode |= {"greedy_bleu_at_train_precision": same["bleu"],
                    "greedy_sent_per_sec_at_train_precision": same["sent_per_sec"]}
     return {
-        "tool": "lightning_nmt", "model": args.model, "input_feeding": args.input_feeding,
+        "tool": "lightning_nmt", "model": args.model, "input_feeding": args.input_feeding, "rnn_type": args.rnn_type,
         "precision": args.precision, "steps": args.steps, "max_tokens": max_tokens,
         "tgt_tokens_per_step": float(tokens.mean()), "calibrated_tgt_tokens_per_step": mean_tokens,
         "train_tgt_tokens_per_sec": float(tok_per_sec), "train_seconds": float(np.sum(timer.times)),

@@ -389,10 +389,14 @@ class TranslationModule(L.LightningModule):
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> TranslationModule:
-        """Rebuild model and tokenizer from a checkpoint alone (`load_from_checkpoint` with `weights_only=True`);
-        a missing, corrupt or foreign file is a one-line `CheckpointError`."""
-        read_checkpoint(path)  # the clear errors; memory-mapped, so the weights are read once, below
-        return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True).eval()
+        """Rebuild model and tokenizer from a checkpoint alone (read with `weights_only=True`, whatever Lightning's
+        `load_from_checkpoint` does in the installed release); a missing, corrupt or foreign file is a one-line
+        `CheckpointError`."""
+        checkpoint = read_checkpoint(path, map_location)
+        module = cls(**checkpoint["hyper_parameters"])
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"])
+        return module.to(map_location).eval()
 
 
 def _trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

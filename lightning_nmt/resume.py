@@ -84,8 +84,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location,
-                                       weights_only=True if weights_only is None else weights_only)
+        """`torch.load` of a local file, `weights_only=True` unless asked otherwise (Lightning's own method takes
+        `weights_only` from 2.6 on)."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return torch.load(path, map_location=map_location or (lambda storage, loc: storage),
+                          weights_only=True if weights_only is None else weights_only)
 
 
 class _WriteRecorder:
@@ -139,13 +143,15 @@ class ResumeState(L.Callback):
 
     def __init__(self) -> None:
         self._pending_rng: dict[str, Any] | None = None
+        self._behind = False
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
         checkpoint[RESUME_KEY] = {
-            "sampler": {"epoch": trainer.current_epoch,
-                        "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed},
+            "sampler": {"epoch": trainer.current_epoch, "batches_done": progress.processed},
             "rng": rng_state(),
+            "in_batch_end": progress.processed > progress.completed,  # saved by on_train_batch_end
         }
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
@@ -161,6 +167,16 @@ class ResumeState(L.Callback):
             # sampler continues after the last trained batch.
             warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
         self._pending_rng = state["rng"]
+        # Lightning < 2.5 restores the logging step of a checkpoint saved in on_train_batch_end one behind (later
+        # releases correct it themselves, `restarted_on_train_batch_end`): the logs of a resumed run would repeat
+        # a step and shift the rest.
+        self._behind = state.get("in_batch_end", False) and not hasattr(trainer.fit_loop.epoch_loop,
+                                                                        "restarted_on_train_batch_end")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._behind:
+            trainer.fit_loop.epoch_loop._batches_that_stepped += 1
+            self._behind = False
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,12 @@ def test_dockerfile_names_existing_entry_point() -> None:
     scripts = (root / "pyproject.toml").read_text()
     assert 'ENTRYPOINT ["lnmt-train"]' in dockerfile and 'lnmt-train = "lightning_nmt.train:main"' in scripts
     assert "--gpus all" in dockerfile and "--gpus all" in (root / "README.md").read_text()
+
+
+def test_docker_image_installs_the_torch_the_suite_runs_on() -> None:
+    """The image's torch is the Makefile's TORCH, which `make test` (and CI) installs and tests."""
+    root = Path(__file__).resolve().parents[1]
+    makefile_torch = re.search(r"^TORCH \?= (\S+)$", (root / "Makefile").read_text(), re.M).group(1)
+    docker_torch = re.search(r"^ARG TORCH=(\S+)$", (root / "Dockerfile").read_text(), re.M).group(1)
+    assert docker_torch == makefile_torch and re.fullmatch(r"torch==[\d.]+", docker_torch)
+    assert "FROM pytorch/" not in (root / "Dockerfile").read_text()  # no base image with a torch of its own

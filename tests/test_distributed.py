@@ -104,6 +104,7 @@ def test_eval_set_smaller_than_world_is_a_clear_error(tmp_path):
 
 
 def test_slurm_launcher_starts_one_task_per_device_on_each_node():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the sweeps extra (submitit launcher)")
     cfg = compose_config("train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"])
     launcher = cfg.hydra.launcher
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)

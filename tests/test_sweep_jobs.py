@@ -132,7 +132,7 @@ def test_summary_counts_each_job_once_by_its_last_report(tmp_path):
 
 def test_optuna_tells_a_nan_trial_as_failed_and_goes_on():
     optuna = pytest.importorskip("optuna")
-    from lightning_nmt.optuna_search import nan_is_a_failed_trial
+    from hydra_plugins.lnmt_optuna_sweeper.lnmt_optuna_sweeper import nan_is_a_failed_trial
 
     study = optuna.create_study(direction="maximize")
     with nan_is_a_failed_trial():
@@ -228,18 +228,49 @@ def test_a_job_requeued_after_its_time_limit_ends_as_an_uninterrupted_one(tmp_pa
     assert metrics[0]["test"] == metrics[1]["test"]
 
 
+SEARCH = """# @package _global_
+defaults:
+  - optuna
+hydra:
+  sweeper:
+    n_trials: 3
+    params:  # the search's own parameters, each held to one small value, and a learning rate that can fail
+      model.encoder_hidden: choice(32)
+      model.decoder_hidden: choice(64)
+      model.dropout: choice(0.1)
+      optim.lr: choice(0.001, -1)
+"""
+
+
 @pytest.mark.slow
-def test_an_optuna_search_goes_on_after_a_failed_trial(tmp_path):
+def test_an_optuna_search_goes_on_after_a_failed_trial_and_continues_its_study(tmp_path):
+    """conf/hparams_search/optuna.yaml's sweeper with one parameter, a learning rate that is fine or fails; the same
+    command again adds trials to the study kept in the database, in new trial directories."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    proc = lnmt_train(["-m", "hparams_search=optuna", *TINY, "trainer.max_steps=2", "trainer.val_check_interval=2",
-                       "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2", "hydra.sweeper.params={optim.lr:"
-                       "choice(0.001,-1)}", f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path}/sweep",
-                       f"paths.cache_dir={tmp_path}/cache"])
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith("2 jobs: 1 finished, 1 failed: optim.lr=-1")
     import optuna
 
-    study = optuna.load_study(study_name="lnmt-val-bleu", storage=storage)
-    assert sorted((t.params["optim.lr"], t.state.name) for t in study.trials) == [(-1, "FAIL"),
-                                                                                     (0.001, "COMPLETE")]
+    search = tmp_path / "configs" / "hparams_search" / "lr_or_bad.yaml"
+    search.parent.mkdir(parents=True)
+    search.write_text(SEARCH)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["-m", f"--config-dir={tmp_path / 'configs'}", "hparams_search=lr_or_bad", *TINY, "trainer.max_steps=2",
+            "trainer.val_check_interval=2", f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path}/sweep",
+            f"paths.cache_dir={tmp_path}/cache", "resume=auto"]
+    for run in (1, 2):
+        proc = lnmt_train(args)
+        study = optuna.load_study(study_name="lnmt-val-bleu", storage=storage)
+        trials = study.trials
+        assert len(trials) == 3 * run, proc.stderr[-3000:]
+        assert {(t.params["optim.lr"], t.state.name) for t in trials} <= {(-1, "FAIL"), (0.001, "COMPLETE")}
+        this_run = trials[-3:]
+        failed = [f"trial_{t.number}" for t in this_run if t.state.name == "FAIL"]
+        assert proc.returncode == (1 if failed else 0)
+        summary = f"3 jobs: {3 - len(failed)} finished, {len(failed)} failed" + (": " + " ".join(failed) if failed
+                                                                                   else "")
+        assert proc.stderr.strip().splitlines()[-1] == summary if failed else summary in proc.stdout
+        for t in this_run:
+            metrics = json.loads((tmp_path / "sweep" / f"trial_{t.number}" / "metrics.json").read_text())
+            if "duplicate_of" in metrics:  # the same configuration as an earlier trial: not run again
+                metrics = json.loads((Path(metrics["duplicate_of"]) / "metrics.json").read_text())
+            assert metrics["status"] == ("failed" if t.state.name == "FAIL" else "finished")
+    assert {t.state.name for t in study.trials} == {"FAIL", "COMPLETE"}

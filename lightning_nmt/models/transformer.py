@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from lightning_nmt.models.base import (
     EncoderOutput,
     ModelOptions,
     Seq2Seq,
+    cpu_autocast_dtype,
     length_mask,
     output_layer,
     per_hypothesis,
@@ -149,6 +151,21 @@ class DecoderCache:
                             self.length)
 
 
+@contextmanager
+def plain_encoder_path() -> Iterator[None]:
+    """Under CPU autocast, `nn.TransformerEncoderLayer` in eval mode takes its layer-by-layer path, not torch's
+    fused inference kernel: torch's guard checks only CUDA autocast, and the fused kernel fails on a mix of bf16
+    and fp32 (torch 2.5) or skips autocast's casts (torch 2.13). Elsewhere nothing changes."""
+    if cpu_autocast_dtype() is None or not torch.backends.mha.get_fastpath_enabled():
+        yield
+        return
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+
+
 class TransformerSeq2Seq(Seq2Seq):
     """Encoder (`nn.TransformerEncoder`) and decoder (`DecoderLayer`s) of `num_layers` each, pre-norm or
     post-norm (`norm_first`).
@@ -213,7 +230,8 @@ class TransformerSeq2Seq(Seq2Seq):
         """In eval mode `keys` holds each decoder layer's cross-attention keys and values of the source,
         (B, layers, 2, S, D), which decoding reads at every step."""
         mask = length_mask(src_lengths, src.size(1))
-        memory = self.encoder(self._embed(self.src_embed, src), src_key_padding_mask=~mask)
+        with plain_encoder_path():
+            memory = self.encoder(self._embed(self.src_embed, src), src_key_padding_mask=~mask)
         keys = None if self.training else torch.stack([layer.memory_kv(memory) for layer in self.decoder_layers], 1)
         return EncoderOutput(memory, mask, keys=keys)
 
