@@ -96,6 +96,12 @@ with torch.autocast("cpu", dtype=torch.bfloat16):
         print("nn.LSTM: ran")
     except RuntimeError as err:
         print("nn.LSTM:", str(err).splitlines()[0])
+encoder = LSTM(8, 16, num_layers=2, batch_first=True, bidirectional=True)  # as RNNEncoder runs it
+packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 5, 5]), batch_first=True)  # oneDNN's path
+want = encoder(packed)[0].data
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    got = encoder(packed)[0].data
+print("ours, packed:", got.dtype, torch.equal(got, want))
 """
 
 
@@ -108,6 +114,7 @@ def test_lstm_in_bf16_runs_in_fp32_where_onednn_has_no_bf16():
     lines = proc.stdout.splitlines()
     assert lines[:2] == ["onednn bf16: False", "ours: torch.float32 True"]
     assert lines[2].startswith("nn.LSTM: could not create a primitive descriptor for the LSTM"), lines[2]
+    assert lines[3] == "ours, packed: torch.float32 True"
 
 
 FUSED = "aten::_transformer_encoder_layer_fwd"

@@ -9,7 +9,7 @@ from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from lightning_nmt.data.tokenizer import PAD_ID
 from lightning_nmt.models.attention import AttentionScore, build_attention, masked_softmax
@@ -35,8 +35,9 @@ class LSTM(nn.LSTM):
 
     fp32_under_cpu_autocast: ClassVar[bool] = False
 
-    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):  # type: ignore[override]
-        if not (isinstance(input, Tensor) and input.device.type == "cpu" and cpu_autocast_dtype() == torch.bfloat16):
+    def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None):  # type: ignore[override]
+        device = input.data.device if isinstance(input, PackedSequence) else input.device
+        if not (device.type == "cpu" and cpu_autocast_dtype() == torch.bfloat16):
             return super().forward(input, hx)
         if not LSTM.fp32_under_cpu_autocast:
             try:
