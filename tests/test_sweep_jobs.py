@@ -5,6 +5,7 @@ failed."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -19,9 +20,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-from lightning_nmt import app
+from lightning_nmt import app, resume
 from lightning_nmt.app import quiet_warnings, train
 from lightning_nmt.callbacks import StepProgressBar
+from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.errors import ConfigError
 from lightning_nmt.module import TranslationModule, read_checkpoint
 from lightning_nmt.sweeps import JOBS_FILE, finished_metrics, sweep_summary, write_failure
@@ -79,6 +81,29 @@ def test_out_of_memory_or_a_bug_in_a_sweep_job_is_recorded(tmp_path, cache, monk
     assert (metrics["status"], metrics["step"], metrics["error_type"]) == ("failed", 3, "OutOfMemoryError")
     assert metrics["error"] == "CUDA out of memory. Tried to allocate 20.00 GiB"
     assert "Traceback" in caplog.text  # not a user error: the traceback goes to the job's log
+
+
+def test_a_full_disk_or_a_data_error_in_a_sweep_job_is_recorded(tmp_path, cache, monkeypatch):
+    as_sweep_job(monkeypatch, tmp_path)
+    real_write = resume._WriteRecorder.write
+
+    def write(self, data):  # the disk is full from the first checkpoint on
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(resume._WriteRecorder, "write", write)
+    metrics = train(config(tmp_path, cache))
+    assert (metrics["status"], metrics["error_type"]) == ("failed", "WriteError")
+    assert "No space left on device" in metrics["error"] and metrics["step"] == 4  # the first validation's save
+    monkeypatch.setattr(resume._WriteRecorder, "write", real_write)
+
+    def broken_loader(self):
+        raise ValueError("a corrupt shard")
+
+    monkeypatch.setattr(ParallelDataModule, "train_dataloader", broken_loader)
+    (tmp_path / "run" / "metrics.json").unlink()
+    metrics = train(config(tmp_path, cache, "resume=auto"))
+    assert (metrics["status"], metrics["error_type"], metrics["error"]) == ("failed", "ValueError", "a corrupt shard")
+    assert [job["status"] for job in jobs(tmp_path)] == ["failed", "failed"]
 
 
 def test_ctrl_c_still_ends_the_sweep(tmp_path, cache, monkeypatch):
