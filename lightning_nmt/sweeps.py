@@ -141,7 +141,8 @@ def finished_metrics(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any]
     metrics = json.loads(path.read_text())
     if metrics.get("status", FINISHED if "steps" in metrics else None) != FINISHED:
         return None
-    if metrics.get("config_hash", config_hash(cfg)) != config_hash(cfg):
+    wanted = config_hash(cfg)
+    if metrics.get("config_hash", wanted) != wanted:
         raise ConfigError(f"{output_dir} holds a finished job of another configuration; run this sweep in "
                           "another hydra.sweep.dir")
     return metrics
