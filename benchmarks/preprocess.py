@@ -204,12 +204,12 @@ def child_ceiling(train: str, cache: str) -> dict[str, Any]:
 
 def child_train(train: str, cache: str, steps: str, threads: str) -> dict[str, Any]:
     """Peak RssAnon over ``steps`` training steps (0: only build the cache) of the reference model, composed and
-    built as ``lnmt-train`` does (process settings of ``app.run_cli`` included), on ``threads`` torch threads."""
+    built as ``lnmt-train`` does (process settings of ``cli.run_cli`` included), on ``threads`` torch threads."""
     import lightning as L
     import torch
     from hydra import compose, initialize_config_dir
 
-    from lightning_nmt import app
+    from lightning_nmt import app, cli
     from lightning_nmt.config import CONF_DIR, register_configs
 
     if train == "multi30k":
@@ -254,7 +254,7 @@ def child_train(train: str, cache: str, steps: str, threads: str) -> dict[str, A
                 "vm_hwm_mb": round(_status_kb("VmHWM") / 1024),
                 "vocab": [dm.tokenizer.src_vocab_size, dm.tokenizer.tgt_vocab_size]}
 
-    return app.run_cli(run, cfg)
+    return cli.run_cli(run, cfg)
 
 
 # ---------------------------------------------------------------------------------------------- driver

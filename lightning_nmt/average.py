@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from lightning_nmt.data.atomic import atomic_path
+from lightning_nmt.atomic import atomic_path
 from lightning_nmt.errors import CheckpointError, ConfigError, UserError
 from lightning_nmt.models import model_differences
 from lightning_nmt.module import read_checkpoint

@@ -12,10 +12,10 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_nmt.data.atomic import atomic_write_text
-from lightning_nmt.data.tokenizer import PAD_ID
+from lightning_nmt.atomic import atomic_write_text
 from lightning_nmt.module import TranslationModule
 from lightning_nmt.plotting import plot_attention
+from lightning_nmt.tokens import PAD_ID
 
 log = logging.getLogger(__name__)
 

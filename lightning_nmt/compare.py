@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from lightning_nmt.data.atomic import atomic_path, atomic_write_text
+from lightning_nmt.atomic import atomic_path, atomic_write_text
 from lightning_nmt.errors import UserError
 from lightning_nmt.sweeps import FAILED
 

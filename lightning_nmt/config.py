@@ -21,9 +21,9 @@ from lightning_nmt.data.sample import DEFAULT_SIZES as DEFAULT_SAMPLE_SIZES
 from lightning_nmt.data.tokenizer import DEFAULT_SETTINGS as _TOKENIZER
 from lightning_nmt.data.tokenizer import MODEL_TYPES as TOKENIZER_TYPES
 from lightning_nmt.errors import ConfigError
+from lightning_nmt.metrics import VAL_METRICS
 from lightning_nmt.models import MODEL_TYPES, model_options
 from lightning_nmt.models.search import DecodingConfig
-from lightning_nmt.module import VAL_METRICS
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 """The `conf/` directory of the source tree (an absolute path, so console scripts find it)."""

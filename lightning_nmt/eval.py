@@ -11,10 +11,10 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from lightning_nmt.app import decoding_overrides, inference_device, run_cli, to_dict
+from lightning_nmt.atomic import atomic_write_text
+from lightning_nmt.cli import decoding_overrides, inference_device, run_cli, to_dict
 from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.data import ParallelDataModule
-from lightning_nmt.data.atomic import atomic_write_text
 from lightning_nmt.errors import ConfigError
 from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.metrics import bleu, bleu_tok_lc, chrf

@@ -17,6 +17,9 @@ from functools import lru_cache
 import sacrebleu
 from sacremoses import MosesTokenizer
 
+VAL_METRICS = ("loss", "ppl", "bleu", "chrf")
+"""What each validation logs (as `val/<name>`): what `callbacks.*.monitor` may name."""
+
 
 @dataclass(frozen=True)
 class Score:

@@ -22,17 +22,14 @@ from torch import nn
 from torchmetrics import SumMetric
 
 from lightning_nmt import metrics
-from lightning_nmt.data.tokenizer import PAD_ID, Tokenizer
+from lightning_nmt.data.tokenizer import Tokenizer
 from lightning_nmt.errors import CheckpointError, TrainingDiverged
 from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.models import build_model, segments
 from lightning_nmt.models.search import DecodingConfig, SearchResult, search
+from lightning_nmt.tokens import PAD_ID
 
 log = logging.getLogger("lightning_nmt")
-
-
-VAL_METRICS = ("loss", "ppl", "bleu", "chrf")
-"""What each validation logs (as `val/<name>`, `EvalMetrics.compute`): what `callbacks.*.monitor` may name."""
 
 
 class EvalMetrics(nn.Module):

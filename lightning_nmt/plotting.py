@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from lightning_nmt.data.atomic import atomic_path  # noqa: E402
+from lightning_nmt.atomic import atomic_path  # noqa: E402
 
 
 def plot_attention(

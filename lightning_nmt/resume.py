@@ -26,7 +26,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_nmt.data.atomic import atomic_path
+from lightning_nmt.atomic import atomic_path
 from lightning_nmt.errors import WriteError
 
 log = logging.getLogger("lightning_nmt")

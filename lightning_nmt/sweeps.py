@@ -17,7 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.atomic import atomic_write_text
 from lightning_nmt.errors import ConfigError
 from lightning_nmt.models import MODEL_TYPES, model_keys
 

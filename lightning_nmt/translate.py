@@ -24,9 +24,9 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lightning_nmt.app import decoding_overrides, inference_device, run_cli
+from lightning_nmt.atomic import atomic_path
+from lightning_nmt.cli import decoding_overrides, inference_device, run_cli
 from lightning_nmt.config import CONF_DIR, register_configs
-from lightning_nmt.data.atomic import atomic_path
 from lightning_nmt.data.batching import collate
 from lightning_nmt.data.dataset import Example
 from lightning_nmt.data.errors import DataError

@@ -14,8 +14,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_nmt.app import to_dict
 from lightning_nmt.average import average_best, average_checkpoints, check_average_option, main
+from lightning_nmt.cli import to_dict
 from lightning_nmt.data.sample import generate_pairs
 from lightning_nmt.data.tokenizer import Tokenizer
 from lightning_nmt.errors import CheckpointError, ConfigError

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from lightning_nmt.atomic import atomic_path, atomic_write_text
 from lightning_nmt.data import DataError, ParallelDataModule, corpus
-from lightning_nmt.data.atomic import atomic_path, atomic_write_text
 from lightning_nmt.data.corpus import ParallelText, TextPair, read_all, resolve
 
 WORDS = "the a cat dog sees likes small big house garden runs sleeps".split()

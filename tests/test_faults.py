@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from lightning_nmt import app, resume
-from lightning_nmt.app import inference_device, run_cli, train
+from lightning_nmt.app import train
 from lightning_nmt.callbacks import StepProgressBar
+from lightning_nmt.cli import inference_device, run_cli
 from lightning_nmt.errors import ConfigError, TrainingDiverged, WriteError
 from lightning_nmt.eval import evaluate
 from lightning_nmt.module import TranslationModule, read_checkpoint
@@ -179,7 +180,7 @@ def test_full_disk_during_a_checkpoint_save_is_one_line_and_the_previous_checkpo
 
 @pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
 def test_unwritable_metrics_file_is_one_line_naming_the_last_checkpoint(tmp_path, cache, monkeypatch, capsys, code):
-    from lightning_nmt.data import atomic
+    from lightning_nmt import atomic
 
     real = atomic.atomic_write_bytes
 

@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.profiler import profile
 
-from lightning_nmt.app import build_run, run_cli
+from lightning_nmt.app import build_run
+from lightning_nmt.cli import run_cli
 from lightning_nmt.config import Speedups, TrainConfig
 from lightning_nmt.data.tokenizer import EOS_ID, PAD_ID
 from lightning_nmt.kernels import cpu

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lightning_nmt.data.tokenizer import PAD_ID
 from lightning_nmt.models.attention import ATTENTIONS
-from lightning_nmt.models.rnn import WordDropout
+from lightning_nmt.models.layers import WordDropout
 from tests.test_models_build import MODEL_KINDS, make_batch, random_batch, small_model
 
 
@@ -140,6 +140,6 @@ def test_transformer_cached_steps_equal_the_full_prefix(norm_first):
         full, _ = model.decode(torch.cat([prefix, extra[swap, 2:]], 1), enc, return_attention=False)
         torch.testing.assert_close(cached, model.project(full[:, -1]), atol=1e-5, rtol=0)
         # the source's cross-attention keys and values projected once (eval-mode encode) or at each step
-        assert enc.keys is not None
-        uncached, _, _ = model.decode_step(extra[swap, 2], replace(enc, keys=None), state)
+        assert enc.cross_kv is not None
+        uncached, _, _ = model.decode_step(extra[swap, 2], replace(enc, cross_kv=None), state)
         torch.testing.assert_close(uncached, cached, atol=1e-5, rtol=0)

@@ -17,7 +17,7 @@ from torch.profiler import profile
 
 from lightning_nmt.app import build_run
 from lightning_nmt.models import MODEL_TYPES, model_keys
-from lightning_nmt.models.rnn import RNNS
+from lightning_nmt.models.layers import RNNS
 from lightning_nmt.models.search import search
 from tests.conftest import ROOT
 from tests.test_faults import config
@@ -82,7 +82,7 @@ def test_two_training_steps_and_a_greedy_decode(tmp_path, cache, variant, precis
 
 LSTM_BF16 = """
 import torch
-from lightning_nmt.models.rnn import LSTM
+from lightning_nmt.models.layers import LSTM
 print("onednn bf16:", torch.ops.mkldnn._is_mkldnn_bf16_supported())
 torch.manual_seed(0)
 lstm, x = LSTM(8, 16, batch_first=True), torch.randn(3, 5, 8)

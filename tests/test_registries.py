@@ -13,7 +13,7 @@ from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.tokenizer import settings_from_config
 from lightning_nmt.models import MODEL_TYPES, model_keys
 from lightning_nmt.models.attention import ATTENTIONS, AttentionScore
-from lightning_nmt.models.rnn import RNNS, RNNType
+from lightning_nmt.models.layers import RNNS, RNNType
 from lightning_nmt.sweeps import effective_config
 from tests.conftest import CONF_DIR, compose_config
 

@@ -21,8 +21,9 @@ import torch
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from lightning_nmt import app, resume
-from lightning_nmt.app import quiet_warnings, train
+from lightning_nmt.app import train
 from lightning_nmt.callbacks import StepProgressBar
+from lightning_nmt.cli import quiet_warnings
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.errors import ConfigError
 from lightning_nmt.module import TranslationModule, read_checkpoint

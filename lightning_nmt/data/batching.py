@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from lightning_nmt.data.dataset import EncodedDataset, Example
 from lightning_nmt.data.errors import DataError
-from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from lightning_nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 
 def _pad(seqs: Sequence[Sequence[int]], before: int | None, after: int | None) -> np.ndarray:

@@ -37,7 +37,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from lightning_nmt.data.atomic import atomic_directory
+from lightning_nmt.atomic import atomic_directory
 from lightning_nmt.data.binarize import binarize
 from lightning_nmt.data.corpus import PairSource
 from lightning_nmt.data.indexed import DamagedIndex, IndexedDataset

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from lightning_nmt.data.atomic import atomic_path
+from lightning_nmt.atomic import atomic_path
 from lightning_nmt.data.errors import DataError
 
 BASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"

@@ -19,7 +19,7 @@ from functools import cache
 from itertools import islice
 from pathlib import Path
 
-from lightning_nmt.data.atomic import atomic_write_text
+from lightning_nmt.atomic import atomic_write_text
 
 GENERATOR_VERSION = 1
 DEFAULT_SIZES = {"train": 20000, "val": 500, "test": 500}

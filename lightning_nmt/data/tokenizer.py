@@ -12,11 +12,11 @@ from typing import Any
 
 import sentencepiece as spm
 
-from lightning_nmt.data.atomic import atomic_write_bytes, atomic_write_text
+from lightning_nmt.atomic import atomic_write_bytes, atomic_write_text
 from lightning_nmt.data.encoder import Encoder, make_encoder
 from lightning_nmt.data.errors import DataError
+from lightning_nmt.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")  # what str.splitlines() splits on
 MODEL_TYPES = ("unigram", "bpe")
 CONFIG_KEYS = {"type": "model_type", "vocab_size": "vocab_size", "joint": "joint",

@@ -26,7 +26,9 @@ def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    """Base class: a score function, the masked softmax and the weighted sum of the values."""
+    """Base class: a score function, the masked softmax and the weighted sum of the values. The decoder calls
+    `forward`; a subclass changes the score (`score`, `precompute_keys`) or the whole step (`forward`, e.g. a
+    sparse normalisation instead of the softmax)."""
 
     def precompute_keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, Hk) -> keys (B, S, K) in the form `score` expects (here: unchanged)."""
@@ -40,8 +42,12 @@ class Attention(nn.Module):
         """query (R, T, Hq), keys (B, S, K), values (B, S, Hv), mask (B, S) -> context (R, T, Hv),
         weights (R, T, S); R = r * B: r hypotheses per sentence, grouped by sentence."""
         rows, batch = query.size(0), keys.size(0)
-        scores = self.score(per_sentence(query, batch), keys)  # the r query rows of a sentence read its keys once
-        weights = masked_softmax(scores, mask)  # over the source positions, padding masked
+        # score(h_t, h_s) against every encoder state (Luong eq. 8); the r query rows of a sentence are folded
+        # into its time dimension, so that they read its keys once
+        scores = self.score(per_sentence(query, batch), keys)  # (B, r * T, S)
+        # a_t(s): softmax over the source positions, padding masked (Luong eq. 7, Bahdanau eq. 6)
+        weights = masked_softmax(scores, mask)
+        # the context c_t = sum_s a_t(s) h_s (Bahdanau eq. 5)
         return per_hypothesis(torch.bmm(weights, values), rows), per_hypothesis(weights, rows)
 
 

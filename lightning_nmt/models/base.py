@@ -121,13 +121,16 @@ class EncoderOutput:
     memory: (B, S, H) encoder states.
     mask: (B, S) bool, True at real source positions.
     final: (B, H) summary of the source (RNN final states of the last layer, both directions), or None.
-    keys: (B, S, K) attention keys projected once per sentence, or None.
+    keys: (B, S, K) attention keys projected once per sentence (recurrent attention), or None.
+    cross_kv: (B, L, 2, S, D) the keys and values of the source for each of L decoder layers' cross-attention,
+        projected once per sentence (Transformer decoding), or None.
     """
 
     memory: Tensor
     mask: Tensor
     final: Tensor | None = None
     keys: Tensor | None = None
+    cross_kv: Tensor | None = None
 
     def index_select(self, index: Tensor) -> EncoderOutput:
         """Rows `index` (N,) of every field: to drop finished sentences."""
@@ -135,7 +138,7 @@ class EncoderOutput:
         def pick(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.index_select(0, index)
 
-        return EncoderOutput(pick(self.memory), pick(self.mask), pick(self.final), pick(self.keys))
+        return EncoderOutput(pick(self.memory), pick(self.mask), pick(self.final), pick(self.keys), pick(self.cross_kv))
 
 
 class Seq2Seq(nn.Module, ABC):

@@ -4,90 +4,24 @@ decoders, and `RNNSeq2Seq` joining an encoder and a decoder."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lightning_nmt.data.tokenizer import PAD_ID
-from lightning_nmt.models.attention import AttentionScore, build_attention, masked_softmax
+from lightning_nmt.models.attention import AttentionScore, build_attention
 from lightning_nmt.models.base import (
     EncoderOutput,
     ModelOptions,
     Seq2Seq,
-    cpu_autocast_dtype,
     length_mask,
-    lookup,
     output_layer,
     per_hypothesis,
-    per_sentence,
     register_model,
 )
-
-
-class LSTM(nn.LSTM):
-    """`nn.LSTM` that runs in fp32 under CPU bf16 autocast where oneDNN has no bf16 LSTM (CPUs without AVX-512,
-    where `nn.LSTM` raises "could not create a primitive descriptor"); elsewhere exactly `nn.LSTM`. fp32 is what
-    a GRU, and an LSTM over a packed sequence, compute under CPU autocast anyway (autocast casts only oneDNN's
-    LSTM to bf16). The first failing call tells, for the whole process."""
-
-    fp32_under_cpu_autocast: ClassVar[bool] = False
-
-    def forward(self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None):  # type: ignore[override]
-        device = input.data.device if isinstance(input, PackedSequence) else input.device
-        if not (device.type == "cpu" and cpu_autocast_dtype() == torch.bfloat16):
-            return super().forward(input, hx)
-        if not LSTM.fp32_under_cpu_autocast:
-            try:
-                return super().forward(input, hx)
-            except RuntimeError as err:
-                if "could not create a primitive descriptor" not in str(err):
-                    raise
-                LSTM.fp32_under_cpu_autocast = True
-        hx = None if hx is None else (hx[0].float(), hx[1].float())
-        with torch.autocast("cpu", enabled=False):
-            return super().forward(input.float(), hx)
-
-
-RNNS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": LSTM}
-RNNType = Enum("RNNType", {name: name for name in RNNS}, type=str)
-"""`model.rnn_type` values: the names in `RNNS`."""
-
-
-def build_rnn(
-    rnn_type: str,
-    input_size: int,
-    hidden_size: int,
-    num_layers: int,
-    dropout: float,
-    bidirectional: bool = False,
-) -> nn.RNNBase:
-    """A batch-first GRU or LSTM with dropout between layers; ValueError for another `rnn_type`."""
-    return lookup(RNNS, rnn_type, "rnn_type")(
-        input_size,
-        hidden_size,
-        num_layers,
-        batch_first=True,
-        dropout=dropout if num_layers > 1 else 0.0,
-        bidirectional=bidirectional,
-    )
-
-
-class WordDropout(nn.Module):
-    """Drops whole words in training (Gal & Ghahramani, 2016; Sennrich & Zhang, 2019): each position's
-    embedding is zeroed with probability p and the others scaled by 1 / (1 - p). emb (B, T, E) -> (B, T, E)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, emb: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return emb
-        keep = emb.new_empty(*emb.shape[:-1], 1).bernoulli_(1.0 - self.p)  # (B, T, 1)
-        return emb * keep / (1.0 - self.p)
+from lightning_nmt.models.layers import RNNType, WordDropout, build_rnn
+from lightning_nmt.tokens import PAD_ID
 
 
 class RNNState(NamedTuple):
@@ -289,20 +223,14 @@ class AttentionDecoder(RNNDecoder):
 
     def steps(self, emb: Tensor, enc: EncoderOutput, state: RNNState) -> tuple[Tensor, RNNState, Tensor]:
         """Decoder steps with global attention (see `RNNDecoder.steps`): T at once without input feeding."""
-        rows, batch = emb.size(0), enc.memory.size(0)
         # the decoder state h_t; with input feeding the RNN also reads h~_{t-1} (Luong, section 3.3)
         inputs = emb if state.feed is None else torch.cat([emb, state.feed], dim=-1)
         h, hidden = self.rnn(inputs, state.hidden)  # (R, T, H)
-        # score(h_t, h_s) against every encoder state h_s (Luong eq. 8); the r hypotheses of a sentence are
-        # folded into its time dimension, so that they read its encoder states once
-        scores = self.attention.score(per_sentence(h, batch), enc.keys)  # (B, r * T, S)
-        # a_t(s) = softmax of the scores over the source positions, padding masked (Luong eq. 7, Bahdanau eq. 6)
-        weights = masked_softmax(scores, enc.mask)
-        # the context c_t = sum_s a_t(s) h_s (Bahdanau eq. 5)
-        context = per_hypothesis(torch.bmm(weights, enc.memory), rows)  # (R, T, H_enc)
+        # the context c_t = sum_s a_t(s) h_s, a_t = softmax over the source of score(h_t, h_s) (Luong eqs. 7-8)
+        context, weights = self.attention(h, enc.keys, enc.memory, enc.mask)  # (R, T, H_enc), (R, T, S)
         # Luong eq. 5: h~_t = tanh(W_c [c_t; h_t]) (here W_c's columns read [h_t; c_t])
         features = torch.tanh(self.combine(self.dropout(torch.cat([h, context], dim=-1))))
-        return features, RNNState(hidden, features if self.input_feeding else None), per_hypothesis(weights, rows)
+        return features, RNNState(hidden, features if self.input_feeding else None), weights
 
 
 class RNNSeq2Seq(Seq2Seq):

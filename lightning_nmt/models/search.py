@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lightning_nmt.models.base import DecoderState, EncoderOutput, Seq2Seq
+from lightning_nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 TopK = Callable[[Tensor, int], tuple[Tensor, Tensor]]
 """x (R, V), k -> the k largest values of each row and their columns, (R, k) each, largest first."""

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from lightning_nmt.data.tokenizer import EOS_ID, PAD_ID
 from lightning_nmt.models.search import SearchResult
+from lightning_nmt.tokens import EOS_ID, PAD_ID
 
 SENTENCE_END = (".", "!", "?", ";", ":", "…", "。", "！", "？")
 

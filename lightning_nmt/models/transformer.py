@@ -13,7 +13,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_nmt.data.tokenizer import PAD_ID
 from lightning_nmt.models.base import (
     EncoderOutput,
     ModelOptions,
@@ -25,6 +24,7 @@ from lightning_nmt.models.base import (
     per_sentence,
     register_model,
 )
+from lightning_nmt.tokens import PAD_ID
 
 
 class PositionalEncoding(nn.Module):
@@ -227,13 +227,13 @@ class TransformerSeq2Seq(Seq2Seq):
         return self.dropout(self.positions(embedding(tokens) * self.scale))
 
     def encode(self, src: Tensor, src_lengths: Tensor) -> EncoderOutput:
-        """In eval mode `keys` holds each decoder layer's cross-attention keys and values of the source,
+        """In eval mode `cross_kv` holds each decoder layer's cross-attention keys and values of the source,
         (B, layers, 2, S, D), which decoding reads at every step."""
         mask = length_mask(src_lengths, src.size(1))
         with plain_encoder_path():
             memory = self.encoder(self._embed(self.src_embed, src), src_key_padding_mask=~mask)
-        keys = None if self.training else torch.stack([layer.memory_kv(memory) for layer in self.decoder_layers], 1)
-        return EncoderOutput(memory, mask, keys=keys)
+        cross_kv = None if self.training else torch.stack([layer.memory_kv(memory) for layer in self.decoder_layers], 1)
+        return EncoderOutput(memory, mask, cross_kv=cross_kv)
 
     def decode(
         self, tgt_in: Tensor, enc: EncoderOutput, return_attention: bool
@@ -262,7 +262,7 @@ class TransformerSeq2Seq(Seq2Seq):
         padding, layers, weights = ~enc.mask, [], None
         last = len(self.decoder_layers) - 1
         for i, (layer, cache) in enumerate(zip(self.decoder_layers, state.layers)):
-            memory_kv = layer.memory_kv(enc.memory) if enc.keys is None else enc.keys[:, i]
+            memory_kv = layer.memory_kv(enc.memory) if enc.cross_kv is None else enc.cross_kv[:, i]
             x, cache, weights = layer.step(x, cache, memory_kv, padding, need_weights=i == last)
             layers.append(cache)
         return self.project(self.decoder_norm(x[:, 0])), DecoderCache(layers, state.length + 1), weights[:, 0]

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from lightning_nmt.data.atomic import atomic_path, atomic_write_text
+from lightning_nmt.atomic import atomic_path, atomic_write_text
 
 
 def test_atomic_file_gets_umask_permissions(tmp_path) -> None:
