@@ -20,7 +20,8 @@ from run import REFERENCE_MODEL, peak_rss_mb, reference_data
 from torch.profiler import ProfilerActivity, profile
 
 from lightning_nmt.kernels.cpu import tune_process
-from lightning_nmt.module import TranslationModule, _make_optimizer
+from lightning_nmt.module import TranslationModule
+from lightning_nmt.optim import make_optimizer
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
                                tgt_vocab_size=dm.tokenizer.tgt_vocab_size, optim={}, scheduler={}, decoding={},
                                label_smoothing=0.0, speedups=args.speedups)
     module.train()
-    opt = _make_optimizer(module.parameters(), {"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0})
+    opt = make_optimizer(module.parameters(), {"name": "adam", "lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0})
     bf16 = args.precision == "bf16-mixed"
 
     def step(batch: dict[str, torch.Tensor]) -> None:

@@ -24,7 +24,8 @@ from omegaconf import DictConfig
 
 from lightning_nmt.atomic import atomic_write_text
 from lightning_nmt.average import average_best, check_average_option
-from lightning_nmt.callbacks import ExampleTranslations, RunSummary, StepProgressBar, TestOutputs
+from lightning_nmt.callbacks import AttentionHeatmaps, ExampleTranslations, RunSummary, StepProgressBar, TestOutputs
+from lightning_nmt.checkpoint import read_checkpoint
 from lightning_nmt.cli import available_accelerators, to_dict
 from lightning_nmt.config import check_values
 from lightning_nmt.data import ParallelDataModule
@@ -32,7 +33,7 @@ from lightning_nmt.distributed import effective_batch, end_job, install_hydra_re
 from lightning_nmt.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, WriteError, is_write_error
 from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.models import model_differences
-from lightning_nmt.module import TranslationModule, read_checkpoint
+from lightning_nmt.module import TranslationModule
 from lightning_nmt.resume import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -93,7 +94,6 @@ def build_module(cfg: DictConfig, datamodule: ParallelDataModule) -> Translation
         scheduler=to_dict(cfg.scheduler),
         decoding=to_dict(cfg.decoding),
         label_smoothing=cfg.label_smoothing,
-        num_heatmaps=cfg.callbacks.num_heatmaps,
         data=to_dict(cfg.data),
         tokenizer=tokenizer,
         speedups=cpu_kernels.setting(cfg.get("speedups", "auto")),
@@ -170,6 +170,7 @@ def build_callbacks(cfg: DictConfig, output_dir: Path, has_logger: bool) -> list
         RunSummary(),
         ExampleTranslations(cfg.callbacks.num_examples),
         TestOutputs(output_dir),
+        AttentionHeatmaps(output_dir, cfg.callbacks.num_heatmaps),
         ResumeState(),
         LastCheckpoint(ckpt_dir / LAST_CKPT, ckpt.every_n_train_steps),
     ]

@@ -24,9 +24,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from lightning_nmt.atomic import atomic_path
+from lightning_nmt.checkpoint import read_checkpoint
 from lightning_nmt.errors import CheckpointError, ConfigError, UserError
 from lightning_nmt.models import model_differences
-from lightning_nmt.module import read_checkpoint
 
 log = logging.getLogger("lightning_nmt")
 

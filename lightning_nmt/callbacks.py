@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_nmt.atomic import atomic_write_text
+from lightning_nmt.models.search import SearchResult
 from lightning_nmt.module import TranslationModule
 from lightning_nmt.plotting import plot_attention
 from lightning_nmt.tokens import PAD_ID
@@ -26,7 +27,7 @@ def hypothesis_file(output_dir: Path, name: str) -> Path:
 
 
 class TestOutputs(L.Callback):
-    """After testing: the test translations as text and attention heatmaps as PNG files."""
+    """After testing: the test translations as text, one file per test set."""
 
     def __init__(self, output_dir: str | Path) -> None:
         self.output_dir = Path(output_dir)
@@ -34,14 +35,51 @@ class TestOutputs(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: TranslationModule) -> None:
         if not trainer.is_global_zero:
             return
-        images: list[str] = []
-        for name, translations in pl_module.translations.items():
-            if name == "val":
-                continue
+        for name in pl_module.eval_names:
             atomic_write_text(hypothesis_file(self.output_dir, name),
-                              "".join(hyp + "\n" for hyp in translations.hypotheses))
-            for example_id, (out_pieces, weights) in sorted(translations.attention.items()):
-                src_pieces = translations.sources_pieces[example_id]
+                              "".join(hyp + "\n" for hyp in pl_module.translations[name].hypotheses))
+
+
+class AttentionHeatmaps(L.Callback):
+    """After testing: the attention weights of the first `num_heatmaps` sentences of each test set as heatmaps,
+    `<output_dir>/attention/<test set>_<id>.png` (output pieces by source pieces), and on wandb."""
+
+    def __init__(self, output_dir: str | Path, num_heatmaps: int) -> None:
+        self.output_dir = Path(output_dir)
+        self.num_heatmaps = num_heatmaps
+        # test set -> example id -> (source pieces, output pieces, (T_out, S) weights)
+        self.kept: dict[str, dict[int, tuple[list[str], list[str], torch.Tensor]]] = {}
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: TranslationModule) -> None:
+        self.kept = {}
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: TranslationModule, outputs: SearchResult,
+                          batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if outputs is None or outputs.attention is None:
+            return
+        tokenizer = pl_module.tokenizer
+        kept = self.kept.setdefault(pl_module.eval_names[dataloader_idx], {})
+        for row, example_id in enumerate(batch["ids"].tolist()):
+            if example_id < self.num_heatmaps:
+                src = batch["src"][row, : int(batch["src_lengths"][row])].tolist()
+                pieces = [*tokenizer.tgt_pieces_from_ids(outputs.tokens[row][0]), "</s>"]
+                kept[example_id] = (tokenizer.src_pieces_from_ids(src), pieces, outputs.attention[row][0].float().cpu())
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: TranslationModule) -> None:
+        if trainer.world_size > 1:  # each rank translated its shard: rank 0 draws them all
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, self.kept)
+            self.kept = {}
+            for part in gathered:
+                for name, heatmaps in part.items():
+                    self.kept.setdefault(name, {}).update(heatmaps)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: TranslationModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        images: list[str] = []
+        for name, heatmaps in self.kept.items():
+            for example_id, (src_pieces, out_pieces, weights) in sorted(heatmaps.items()):
                 path = self.output_dir / "attention" / f"{name}_{example_id:03d}.png"
                 plot_attention(weights, src_pieces, out_pieces, path, title=f"{name} #{example_id}")
                 images.append(str(path))

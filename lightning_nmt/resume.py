@@ -222,7 +222,7 @@ class LastCheckpoint(Checkpoint):
         self._saved_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
-        if getattr(trainer.lightning_module, "nonfinite_streak", 0):
+        if getattr(getattr(trainer.lightning_module, "guard", None), "streak", 0):
             log.warning("step %d: not refreshing %s while training steps are NaN/inf", trainer.global_step,
                         self.path.name)
             return

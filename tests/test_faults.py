@@ -18,10 +18,11 @@ import torch
 from lightning_nmt import app, resume
 from lightning_nmt.app import train
 from lightning_nmt.callbacks import StepProgressBar
+from lightning_nmt.checkpoint import read_checkpoint
 from lightning_nmt.cli import inference_device, run_cli
 from lightning_nmt.errors import ConfigError, TrainingDiverged, WriteError
 from lightning_nmt.eval import evaluate
-from lightning_nmt.module import TranslationModule, read_checkpoint
+from lightning_nmt.module import TranslationModule
 from lightning_nmt.translate import translate
 from tests.conftest import ROOT, compose_config
 
@@ -102,7 +103,7 @@ def test_a_few_nonfinite_steps_are_skipped_without_update_and_training_goes_on(t
     metrics = train(config(tmp_path, cache, "trainer.max_steps=6"))
     assert metrics["steps"] == 6
     assert torch.equal(seen[0], seen[1])  # the skipped step 3 applied no update (not even Adam's momentum)
-    assert module_ref[0].nonfinite_steps == 2
+    assert module_ref[0].guard.steps == 2
 
 
 app_build = app.build_module

@@ -45,13 +45,13 @@ def test_tok_lc_does_not_warn_about_the_tokenisation_it_does_on_purpose(caplog) 
 def test_a_lowercase_model_is_scored_case_insensitively_and_the_signature_says_so() -> None:
     """A model trained with `data.tokenizer.lowercase` writes lowercase text: its validation BLEU (early stopping,
     the plateau schedule, the kept checkpoints) must not count every capital of the reference as an error."""
-    from lightning_nmt.module import EvalMetrics, Translations
+    from lightning_nmt.evaluation import EvalMetrics, Translations
 
     hyps, refs = ["ein hund läuft über die wiese ."] * 3, ["Ein Hund läuft über die Wiese ."] * 3
     assert bleu(hyps, refs).score < 40.0 and chrf(hyps, refs).score < 90.0
     lowercase = bleu(hyps, refs, lowercase=True)
     assert lowercase.score == pytest.approx(100.0) and "|case:lc|" in lowercase.signature
     assert chrf(hyps, refs, lowercase=True).score == pytest.approx(100.0)
-    translations = Translations(hyps, refs, {}, {})
+    translations = Translations(hyps, refs)
     assert EvalMetrics().compute(translations, None, lowercase=True)["bleu"] == pytest.approx(100.0)
     assert EvalMetrics().compute(translations, None, lowercase=False)["bleu"] < 40.0

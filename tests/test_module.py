@@ -3,19 +3,19 @@
 import pytest
 import torch
 
-from lightning_nmt.module import _FUSED_ADAM, _make_optimizer
+from lightning_nmt.optim import FUSED_ADAM, make_optimizer
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_adam_is_fused_on_the_cpu_and_updates_like_the_unfused_one(name):
-    if not _FUSED_ADAM:
+    if not FUSED_ADAM:
         pytest.skip("torch < 2.4 has no fused Adam on the CPU")
     cfg = {"name": name, "lr": 1e-2, "betas": (0.9, 0.98), "weight_decay": 0.01}
     torch.manual_seed(0)
     a = torch.nn.Linear(7, 5)
     b = torch.nn.Linear(7, 5)
     b.load_state_dict(a.state_dict())
-    fused = _make_optimizer(a.parameters(), cfg)
+    fused = make_optimizer(a.parameters(), cfg)
     reference = (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(
         b.parameters(), lr=1e-2, betas=(0.9, 0.98), weight_decay=0.01, foreach=False
     )
@@ -32,5 +32,5 @@ def test_adam_is_fused_on_the_cpu_and_updates_like_the_unfused_one(name):
 
 def test_adam_is_not_fused_when_lightning_must_clip_mixed_precision_gradients():
     cfg = {"name": "adam", "lr": 1e-2, "betas": (0.9, 0.98), "weight_decay": 0.0}
-    opt = _make_optimizer(torch.nn.Linear(3, 2).parameters(), cfg, allow_fused=False)
+    opt = make_optimizer(torch.nn.Linear(3, 2).parameters(), cfg, allow_fused=False)
     assert not opt.defaults["fused"]

@@ -23,10 +23,11 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning_nmt import app, resume
 from lightning_nmt.app import train
 from lightning_nmt.callbacks import StepProgressBar
+from lightning_nmt.checkpoint import read_checkpoint
 from lightning_nmt.cli import quiet_warnings
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.errors import ConfigError
-from lightning_nmt.module import TranslationModule, read_checkpoint
+from lightning_nmt.module import TranslationModule
 from lightning_nmt.sweeps import JOBS_FILE, finished_metrics, sweep_summary, write_failure
 from tests.conftest import ROOT
 from tests.test_faults import config, nan_loss_from
