@@ -8,7 +8,8 @@ file), a wrong type or an unknown enum value is a clear error before anything ru
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import MISSING as MISSING_FIELD
+from dataclasses import dataclass, field, fields, make_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
@@ -16,8 +17,8 @@ from typing import Any, Optional, get_type_hints
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from lightning_nmt.data.datamodule import CORPORA, ParallelDataModule
-from lightning_nmt.data.sample import DEFAULT_SIZES as DEFAULT_SAMPLE_SIZES
+from lightning_nmt.data.datamodule import ParallelDataModule
+from lightning_nmt.data.formats import corpus_formats
 from lightning_nmt.data.tokenizer import DEFAULT_SETTINGS as _TOKENIZER
 from lightning_nmt.data.tokenizer import MODEL_TYPES as TOKENIZER_TYPES
 from lightning_nmt.errors import ConfigError
@@ -31,8 +32,8 @@ _DATAMODULE = {name: p.default for name, p in inspect.signature(ParallelDataModu
 """The DataModule's argument defaults, which `DataConfig` takes."""
 
 
-Corpus = Enum("Corpus", {name: name for name in CORPORA}, type=str)
-"""`data.corpus` values: those `ParallelDataModule` reads (`lightning_nmt.data.datamodule.CORPORA`)."""
+Corpus = Enum("Corpus", {name: name for name in corpus_formats()}, type=str)
+"""`data.corpus` values: the registered corpus formats (`lightning_nmt.data.formats`)."""
 TokenizerType = Enum("TokenizerType", {name: name for name in TOKENIZER_TYPES}, type=str)
 """`data.tokenizer.type` values: the sentencepiece model types `Tokenizer` trains."""
 
@@ -80,32 +81,35 @@ class TokenizerConfig:
     input_sentence_size: int = _TOKENIZER["input_sentence_size"]  # sentences per model at most: a random sample
 
 
-@dataclass
-class DataConfig:
-    """`data:`, the arguments of `ParallelDataModule` (its docstring says what each means). The defaults of the
-    schema are the DataModule's, but for the corpus, which is the embedded sample (en->fr) here, as in
-    conf/data/sample.yaml."""
+def _data_config() -> type:
+    """The `data:` schema: the keys every corpus has, then every key some format reads (`CorpusFormat` fields, with
+    the format's default), so that `data=multi30k data.corpus=files` composes (a key the chosen format does not
+    read is ignored). The defaults are the DataModule's, but for the corpus, which is the embedded sample (en->fr)
+    here, as in conf/data/sample.yaml."""
+    common: list[tuple[str, Any, Any]] = [
+        ("corpus", Corpus, Corpus.sample), ("src_lang", str, "en"), ("tgt_lang", str, "fr"),
+        ("train", Optional[str], None), ("val", Optional[str], None), ("test", Optional[str], None),  # noqa: UP045
+        ("extra_tests", dict[str, str], field(default_factory=dict)),
+        ("tokenizer", TokenizerConfig, field(default_factory=TokenizerConfig)),
+        *((name, int, _DATAMODULE[name]) for name in ("max_tokens", "eval_max_tokens", "max_len")),
+        ("cache_dir", str, _DATAMODULE["cache_dir"]), ("num_workers", int, _DATAMODULE["num_workers"]),
+        ("preprocess_workers", Optional[int], None),  # noqa: UP045 (None: every available core)
+    ]
+    options: dict[str, tuple[Any, Any]] = {}
+    for format_ in corpus_formats().values():
+        for option in fields(format_):
+            default = (field(default_factory=option.default_factory) if option.default_factory is not MISSING_FIELD
+                       else None if option.default is MISSING_FIELD else option.default)
+            kind = get_type_hints(format_)[option.name]
+            if option.name in options and options[option.name][0] != kind:
+                raise TypeError(f"data.{option.name} is declared twice with different types")
+            options[option.name] = (kind, default)
+    return make_dataclass("DataConfig", [*common, *((name, Optional[kind], default)  # noqa: UP045
+                                                    for name, (kind, default) in options.items())])
 
-    corpus: Corpus = Corpus.sample
-    src_lang: str = "en"
-    tgt_lang: str = "fr"
-    train: str | None = None
-    val: str | None = None
-    test: str | None = None
-    extra_tests: dict[str, str] = field(default_factory=dict)
-    root: str | None = None
-    base_url: str = _DATAMODULE["base_url"]
-    sample_sizes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SAMPLE_SIZES))
-    sample_seed: int = _DATAMODULE["sample_seed"]
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    max_tokens: int = _DATAMODULE["max_tokens"]
-    eval_max_tokens: int = _DATAMODULE["eval_max_tokens"]
-    max_len: int = _DATAMODULE["max_len"]
-    cache_dir: str = _DATAMODULE["cache_dir"]
-    num_workers: int = _DATAMODULE["num_workers"]
-    hf_name: str | None = None  # data=hf: hub dataset name (wmt14) or a directory written by save_to_disk
-    hf_config: str | None = None  # data=hf: the dataset's configuration (de-en)
-    preprocess_workers: int | None = None  # processes encoding the train split; None: every available core
+
+DataConfig = _data_config()
+"""`data:`, the arguments of `ParallelDataModule` (its docstring says what each means)."""
 
 
 ModelType = Enum("ModelType", {name: name for name in MODEL_TYPES}, type=str)

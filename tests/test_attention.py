@@ -124,5 +124,5 @@ def test_hypotheses_of_a_sentence_read_its_keys_together(name):
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(ValueError, match="dot, general, concat, scaled_dot"):
+    with pytest.raises(ValueError, match="valid values: " + ", ".join(ATTENTIONS)):
         build_attention("bilinear", 4, 4)

@@ -133,4 +133,4 @@ def test_new_data_configs_compose(tmp_path):
     assert (hf["corpus"], hf["train"], hf["val"], hf["test"]) == ("hf", "train", "validation", "test")
     assert (wmt["corpus"], wmt["hf_name"], wmt["hf_config"], wmt["src_lang"], wmt["tgt_lang"]) == (
         "hf", "wmt14", "de-en", "en", "de")
-    assert ParallelDataModule(**wmt).hf_name == "wmt14"  # every key is a DataModule argument; nothing is loaded
+    assert ParallelDataModule(**wmt).format.hf_name == "wmt14"  # every key is a DataModule argument; nothing is loaded

@@ -98,7 +98,7 @@ def test_attention_scores_experiment_lists_exactly_its_variants(tmp_path: Path) 
     variants = str(base.hydra.sweeper.params["+variant"]).split(",")
     assert base.task_name == "attention_scores"  # the experiment overrides train.yaml's own values
     cfgs = compose_many("train", [["experiment=attention_scores", f"+variant={v}"] for v in variants], tmp_path)
-    got = [(c.model.type.value, c.model.attention.value if c.model.type.value == "attention" else None) for c in cfgs]
+    got = [(c.model.type.value, c.model.attention if c.model.type.value == "attention" else None) for c in cfgs]
     assert got == [("basic", None), ("attention", "dot"), ("attention", "general"), ("attention", "concat"),
                    ("attention", "scaled_dot")]
     assert len({config_hash(c) for c in cfgs}) == 5

@@ -21,7 +21,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -29,6 +29,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from lightning_nmt.data.errors import DataError
+from lightning_nmt.data.formats import CorpusFormat, configured, register_corpus
 
 CHUNK_PAIRS = 20_000
 BLOCK_BYTES = 1 << 22  # bytes read (and decompressed) at a time
@@ -251,6 +252,27 @@ class TsvFile(PairSource):
                 start += count
         if start == 0:
             raise DataError(f"empty split: {self.path} has no lines")
+
+
+@register_corpus("files")
+@dataclass
+class FilesCorpus(CorpusFormat):
+    """`data=files`: `data.train`/`val`/`test` (and extra tests) are prefixes of `PREFIX.<lang>[.gz]` files."""
+
+    def sources(self, splits: Mapping[str, str | None], extra_tests: Mapping[str, str], src_lang: str,
+                tgt_lang: str, cache_dir: Path) -> dict[str, PairSource]:
+        return {name: TextPair.from_prefix(prefix, src_lang, tgt_lang)
+                for name, prefix in configured(splits, extra_tests).items()}
+
+
+@register_corpus("tsv")
+@dataclass
+class TsvCorpus(CorpusFormat):
+    """`data=tsv`: `data.train`/`val`/`test` (and extra tests) are `source<TAB>target` files."""
+
+    def sources(self, splits: Mapping[str, str | None], extra_tests: Mapping[str, str], src_lang: str,
+                tgt_lang: str, cache_dir: Path) -> dict[str, PairSource]:
+        return {name: TsvFile(path) for name, path in configured(splits, extra_tests).items()}
 
 
 @dataclass(frozen=True)

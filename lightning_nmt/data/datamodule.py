@@ -1,46 +1,54 @@
-"""``ParallelDataModule``: the one LightningDataModule for every corpus (sample, multi30k, files, tsv, hf)."""
+"""``ParallelDataModule``: the one LightningDataModule for every corpus format."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-from filelock import FileLock
 from torch.utils.data import DataLoader
 
-from lightning_nmt.data import multi30k, sample
 from lightning_nmt.data.batching import TokenBatchSampler, make_eval_loader, make_loader
 from lightning_nmt.data.binarize import report
 from lightning_nmt.data.cache import Binarized, build_or_load
-from lightning_nmt.data.corpus import PairSource, ParallelText, TextPair, TsvFile, read_all
+from lightning_nmt.data.corpus import PairSource, ParallelText, read_all
 from lightning_nmt.data.dataset import EncodedDataset
 from lightning_nmt.data.errors import DataError
-from lightning_nmt.data.hf import HFSplit
+from lightning_nmt.data.formats import CorpusFormat, corpus_formats
 from lightning_nmt.data.tokenizer import Tokenizer, settings_from_config
 
-CORPORA = ("sample", "multi30k", "files", "tsv", "hf")
-SAMPLE_LANGS = ("en", "fr")
-DEFAULT_LANGS = {"sample": ("en", "fr"), "multi30k": ("en", "de")}
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 log = logging.getLogger("lightning_nmt.data")
 
 
-class ParallelDataModule(L.LightningDataModule):
-    """Validated, tokenized and token-batched parallel data.
+def corpus_options(corpus: str, options: Mapping[str, Any]) -> CorpusFormat:
+    """The format `corpus` with its keys from `options` (None: the format's default; other formats' keys are
+    ignored); DataError for an unknown corpus or a key no format reads."""
+    formats = corpus_formats()
+    if corpus not in formats:
+        raise DataError(f"unknown corpus {corpus!r}; valid: {', '.join(formats)}")
+    known = {option.name for format_ in formats.values() for option in fields(format_)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise DataError(f"unknown data option(s) {unknown}; valid: {sorted(known)}")
+    own = {option.name for option in fields(formats[corpus])}
+    return formats[corpus](**{key: value for key, value in options.items() if key in own and value is not None})
 
-    ``corpus``: ``sample`` (embedded English<->French generator, written to ``cache_dir``), ``multi30k``
-    (``root/{train,val,test_2016_flickr}.<lang>.gz``, downloaded from ``base_url`` when absent; ``train``,
-    ``val``, ``test`` and ``extra_tests`` values are file names inside ``root``), ``files``
-    (``train``/``val``/``test`` are prefixes of ``PREFIX.<lang>[.gz]`` files), ``tsv`` (they are
-    ``source<TAB>target`` files) or ``hf`` (they are split names of the Hugging Face dataset ``hf_name``,
-    configuration ``hf_config``). ``extra_tests`` (name -> prefix, file or split) adds test sets to any corpus.
-    ``tokenizer`` is the ``data.tokenizer`` config group (type, vocab_size, joint, character_coverage,
-    input_sentence_size); ``preprocess_workers``: processes that encode the train split (None: every core).
+
+class ParallelDataModule(L.LightningDataModule):
+    """Validated, tokenized and token-batched parallel data, from any registered corpus format.
+
+    ``corpus`` names the format (``lightning_nmt.data.formats``: ``sample``, ``multi30k``, ``files``, ``tsv``,
+    ``hf``, and any registered); ``train``, ``val``, ``test`` and ``extra_tests`` (name -> value, test sets added
+    to any corpus) are what the format reads them as (prefixes, files, split names); ``options`` are the format's
+    own keys (``root``, ``hf_name``, ...; those of other formats are ignored). ``tokenizer`` is the
+    ``data.tokenizer`` config group (type, vocab_size, joint, character_coverage, input_sentence_size);
+    ``preprocess_workers``: processes that encode the train split (None: every core).
 
     ``prepare_data`` generates/downloads; ``setup`` validates the evaluation splits and reads them into memory,
     builds or opens the binarized cache of the train split (streamed: see ``binarize``; memory-mapped: see
@@ -57,41 +65,27 @@ class ParallelDataModule(L.LightningDataModule):
         val: str | None = None,
         test: str | None = None,
         extra_tests: Mapping[str, str] | None = None,
-        root: str | None = None,
-        base_url: str = multi30k.BASE_URL,
-        sample_sizes: Mapping[str, int] | None = None,
-        sample_seed: int = 1234,
         tokenizer: Mapping[str, Any] | None = None,
         max_tokens: int = 4096,
         eval_max_tokens: int = 8192,
         max_len: int = 100,
         cache_dir: str = ".cache/lightning_nmt",
         num_workers: int = 0,
-        hf_name: str | None = None,
-        hf_config: str | None = None,
         preprocess_workers: int | None = None,
         seed: int = 42,
+        **options: Any,
     ) -> None:
         super().__init__()
-        if corpus not in CORPORA:
-            raise DataError(f"unknown corpus {corpus!r}; valid: {', '.join(CORPORA)}")
         self.corpus = corpus
-        self.src_lang, self.tgt_lang = self._langs(corpus, src_lang, tgt_lang)
+        self.format = corpus_options(corpus, options)
+        self.src_lang, self.tgt_lang = self._langs(src_lang, tgt_lang)
         self.split_names = {"train": train, "val": val, "test": test}
         self.extra_tests = dict(extra_tests or {})
         for name in self.extra_tests:
             if name in self.split_names or not SPLIT_NAME.fullmatch(name):
                 raise DataError(f"invalid extra test name {name!r}: use letters, digits, '_', '-', '.' "
                                 "and none of train/val/test")
-        self.root = Path(root) if root is not None else Path(cache_dir) / "multi30k"
-        self.base_url = base_url
-        if corpus == "hf" and not hf_name:
-            raise DataError("data.hf_name is required for corpus=hf: a hub dataset name (e.g. wmt14) or a directory "
-                            "written by save_to_disk")
-        self.hf_name, self.hf_config = hf_name, hf_config
         self.preprocess_workers = preprocess_workers
-        self.sample_sizes = dict(sample_sizes or sample.DEFAULT_SIZES)
-        self.sample_seed = sample_seed
         self.tokenizer_settings = settings_from_config(tokenizer or {})
         self.max_tokens, self.eval_max_tokens, self.max_len = max_tokens, eval_max_tokens, max_len
         self.cache_dir = Path(cache_dir)
@@ -106,61 +100,21 @@ class ParallelDataModule(L.LightningDataModule):
         self._splits: dict[str, EncodedDataset] | None = None  # every split, encoded (train: memory-mapped)
         self._rank, self._world = 0, 1
 
-    @staticmethod
-    def _langs(corpus: str, src_lang: str | None, tgt_lang: str | None) -> tuple[str, str]:
-        default_src, default_tgt = DEFAULT_LANGS.get(corpus, (None, None))
+    def _langs(self, src_lang: str | None, tgt_lang: str | None) -> tuple[str, str]:
+        default_src, default_tgt = self.format.default_langs or (None, None)
         src_lang, tgt_lang = src_lang or default_src, tgt_lang or default_tgt
         if src_lang is None or tgt_lang is None:
-            raise DataError(f"data.src_lang and data.tgt_lang are required for corpus={corpus}")
+            raise DataError(f"data.src_lang and data.tgt_lang are required for corpus={self.corpus}")
         if src_lang == tgt_lang:
             raise DataError(f"source and target language are both {src_lang!r}")
-        if corpus == "sample" and {src_lang, tgt_lang} != set(SAMPLE_LANGS):
-            raise DataError(f"the sample corpus is English<->French; got {src_lang}->{tgt_lang}")
-        if corpus == "multi30k":
-            multi30k.check_langs(src_lang, tgt_lang)
+        self.format.check_langs(src_lang, tgt_lang)
         return src_lang, tgt_lang
-
-    # ------------------------------------------------------------------ corpus files
-
-    def _sample_prefixes(self) -> dict[str, Path]:
-        directory = self.cache_dir / sample.sample_dir_name(self.sample_sizes, self.sample_seed)
-        prefixes = {name: directory / name for name in self.sample_sizes}
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(directory) + ".lock"):
-            if not all(Path(f"{p}.{lang}").is_file() for p in prefixes.values() for lang in SAMPLE_LANGS):
-                log.info("generating the sample corpus into %s", directory)
-                sample.write_sample_corpus(directory, self.sample_sizes, self.sample_seed)
-        return prefixes
-
-    def _multi30k_prefixes(self) -> dict[str, Path]:
-        names = {split: self.split_names[split] or default for split, default in multi30k.SPLITS.items()}
-        names |= self.extra_tests
-        multi30k.ensure_files(self.root, names.values(), (self.src_lang, self.tgt_lang), self.base_url)
-        return {split: self.root / name for split, name in names.items()}
-
-    def _configured(self) -> dict[str, str]:
-        """Split name -> the configured path, prefix or split name (train required)."""
-        if self.split_names["train"] is None:
-            raise DataError("data.train is required (the training split)")
-        return {name: p for name, p in self.split_names.items() if p is not None} | self.extra_tests
 
     def _sources(self) -> dict[str, PairSource]:
         """Split name -> its input; generates or downloads the corpus files when needed (once)."""
         if self._inputs is None:
-            langs = (self.src_lang, self.tgt_lang)
-            if self.corpus == "tsv":
-                self._inputs = {name: TsvFile(p) for name, p in self._configured().items()}
-            elif self.corpus == "hf":
-                self._inputs = {name: HFSplit(self.hf_name, self.hf_config, split, *langs)
-                                for name, split in self._configured().items()}
-            else:
-                if self.corpus == "multi30k":
-                    prefixes = self._multi30k_prefixes()
-                elif self.corpus == "sample":
-                    prefixes = self._sample_prefixes() | {n: Path(p) for n, p in self.extra_tests.items()}
-                else:
-                    prefixes = {name: Path(p) for name, p in self._configured().items()}
-                self._inputs = {name: TextPair.from_prefix(prefix, *langs) for name, prefix in prefixes.items()}
+            self._inputs = self.format.sources(self.split_names, self.extra_tests, self.src_lang, self.tgt_lang,
+                                               self.cache_dir)
         return self._inputs
 
     # ------------------------------------------------------------------ Lightning hooks

@@ -9,12 +9,14 @@ memory-mapped by ``datasets`` and read here a chunk at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning_nmt.data.corpus import CHUNK_PAIRS, Chunk, PairSource, file_identity
 from lightning_nmt.data.errors import DataError
+from lightning_nmt.data.formats import CorpusFormat, configured, register_corpus
 
 INSTALL = "pip install 'lightning-nmt[hf]'"
 
@@ -88,3 +90,23 @@ class HFSplit(PairSource):
     def __getstate__(self) -> dict[str, Any]:
         """Without the loaded dataset (reloaded where needed)."""
         return {**self.__dict__, "_loaded": None}
+
+
+@register_corpus("hf")
+@dataclass
+class HFCorpus(CorpusFormat):
+    """`data=hf`: `data.train`/`val`/`test` (and extra tests) are split names of the dataset `hf_name` (a hub name,
+    or a directory written by `save_to_disk`), configuration `hf_config`."""
+
+    hf_name: str | None = None
+    hf_config: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.hf_name:
+            raise DataError("data.hf_name is required for corpus=hf: a hub dataset name (e.g. wmt14) or a directory "
+                            "written by save_to_disk")
+
+    def sources(self, splits: Mapping[str, str | None], extra_tests: Mapping[str, str], src_lang: str,
+                tgt_lang: str, cache_dir: Path) -> dict[str, PairSource]:
+        return {name: HFSplit(self.hf_name, self.hf_config, split, src_lang, tgt_lang)
+                for name, split in configured(splits, extra_tests).items()}

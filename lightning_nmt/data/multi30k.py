@@ -8,13 +8,16 @@ import logging
 import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
 from lightning_nmt.atomic import atomic_path
+from lightning_nmt.data.corpus import PairSource, TextPair
 from lightning_nmt.data.errors import DataError
+from lightning_nmt.data.formats import CorpusFormat, register_corpus
 
 BASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
 LANGS = ("en", "de", "fr", "cs")
@@ -68,3 +71,24 @@ def ensure_files(root: Path, names: Iterable[str], langs: Iterable[str], base_ur
                 url = f"{base_url.rstrip('/')}/{name}.{lang}.gz"
                 log.info("downloading %s", url)
                 download(url, root / f"{name}.{lang}.gz")
+
+
+@register_corpus("multi30k")
+@dataclass
+class Multi30kCorpus(CorpusFormat):
+    """`data=multi30k`: `root/{train,val,test_2016_flickr}.<lang>.gz`, downloaded from `base_url` when absent
+    (`root` None: `<cache_dir>/multi30k`); `data.train`/`val`/`test` and extra tests are file names in `root`."""
+
+    root: str | None = None
+    base_url: str = BASE_URL
+    default_langs = ("en", "de")
+
+    def check_langs(self, src_lang: str, tgt_lang: str) -> None:
+        check_langs(src_lang, tgt_lang)
+
+    def sources(self, splits: Mapping[str, str | None], extra_tests: Mapping[str, str], src_lang: str,
+                tgt_lang: str, cache_dir: Path) -> dict[str, PairSource]:
+        root = Path(self.root) if self.root is not None else cache_dir / "multi30k"
+        names = {split: splits.get(split) or default for split, default in SPLITS.items()} | dict(extra_tests)
+        ensure_files(root, names.values(), (src_lang, tgt_lang), self.base_url)
+        return {split: TextPair.from_prefix(root / name, src_lang, tgt_lang) for split, name in names.items()}

@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import islice
 from pathlib import Path
 
+from filelock import FileLock
+
 from lightning_nmt.atomic import atomic_write_text
+from lightning_nmt.data.corpus import PairSource, TextPair
+from lightning_nmt.data.errors import DataError
+from lightning_nmt.data.formats import CorpusFormat, register_corpus
 
 GENERATOR_VERSION = 1
+log = logging.getLogger("lightning_nmt.data")
 DEFAULT_SIZES = {"train": 20000, "val": 500, "test": 500}
 VOWELS = tuple("aeiouyéèêàâîïôœh")  # every French word starting with "h" in the vocabulary has a mute h
 # (probability, complexity, min words, max words) of the three length bands
@@ -500,3 +507,30 @@ def write_sample_corpus(
         for lang, side in (("en", 0), ("fr", 1)):
             atomic_write_text(directory / f"{name}.{lang}", "".join(pair[side] + "\n" for pair in split))
     return {name: directory / name for name in splits}
+
+
+@register_corpus("sample")
+@dataclass
+class SampleCorpus(CorpusFormat):
+    """`data=sample`: the embedded English<->French corpus, generated into `cache_dir` on first use (splits
+    `sample_sizes`, drawn with `sample_seed`); extra tests are prefixes of other files."""
+
+    sample_sizes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SIZES))
+    sample_seed: int = 1234
+    default_langs = ("en", "fr")
+
+    def check_langs(self, src_lang: str, tgt_lang: str) -> None:
+        if {src_lang, tgt_lang} != {"en", "fr"}:
+            raise DataError(f"the sample corpus is English<->French; got {src_lang}->{tgt_lang}")
+
+    def sources(self, splits: Mapping[str, str | None], extra_tests: Mapping[str, str], src_lang: str,
+                tgt_lang: str, cache_dir: Path) -> dict[str, PairSource]:
+        directory = cache_dir / sample_dir_name(self.sample_sizes, self.sample_seed)
+        prefixes = {name: directory / name for name in self.sample_sizes}
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory) + ".lock"):
+            if not all(Path(f"{p}.{lang}").is_file() for p in prefixes.values() for lang in ("en", "fr")):
+                log.info("generating the sample corpus into %s", directory)
+                write_sample_corpus(directory, self.sample_sizes, self.sample_seed)
+        prefixes |= {name: Path(prefix) for name, prefix in extra_tests.items()}
+        return {name: TextPair.from_prefix(prefix, src_lang, tgt_lang) for name, prefix in prefixes.items()}

@@ -1,18 +1,23 @@
 """Translation models: `build_model` makes one from the `model:` config group; `search` decodes.
 
 Each model type declares what it reads (`ModelOptions`) next to its code and registers it (`MODEL_TYPES`);
-`conf/model/<type>.yaml` holds its values. See docs/extending.md.
+`conf/model/<type>.yaml` holds its values. Every module of this package is imported here, so a new module that
+registers a model type or an attention score needs no import elsewhere. See docs/extending.md.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, fields
 from typing import Any
 
-from lightning_nmt.models import rnn, transformer  # noqa: F401  (they register their model types)
 from lightning_nmt.models.base import MODEL_TYPES, EncoderOutput, ModelOptions, Seq2Seq, lookup, register_model
 from lightning_nmt.models.search import DecodingConfig, SearchResult, search
+
+for _module in pkgutil.iter_modules(__path__):  # each module registers its model types and attention scores
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["MODEL_TYPES", "DecodingConfig", "EncoderOutput", "ModelOptions", "SearchResult", "Seq2Seq",
            "build_model", "model_differences", "model_options", "model_keys", "register_model", "search"]

@@ -9,12 +9,32 @@ together. Key projections are done once per sentence by `precompute_keys`.
 from __future__ import annotations
 
 import math
-from enum import Enum
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from lightning_nmt.models.base import lookup, per_hypothesis, per_sentence
+
+ATTENTIONS: dict[str, type[Attention]] = {}
+"""`model.attention` name -> its class."""
+
+AttentionClass = TypeVar("AttentionClass", bound=type["Attention"])
+
+
+def register_attention(name: str) -> Callable[[AttentionClass], AttentionClass]:
+    """Class decorator: `model.attention=name` builds this class, `cls(query_size, key_size)`. A name registered
+    twice is an error."""
+
+    def register(cls: AttentionClass) -> AttentionClass:
+        if name in ATTENTIONS and ATTENTIONS[name] is not cls:
+            raise ValueError(f"attention {name!r} is registered twice ({ATTENTIONS[name].__qualname__} and "
+                             f"{cls.__qualname__})")
+        ATTENTIONS[name] = cls
+        return cls
+
+    return register
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -51,6 +71,7 @@ class Attention(nn.Module):
         return per_hypothesis(torch.bmm(weights, values), rows), per_hypothesis(weights, rows)
 
 
+@register_attention("dot")
 class DotAttention(Attention):
     """score(h, s) = h . s.
 
@@ -68,6 +89,7 @@ class DotAttention(Attention):
         return torch.bmm(self.query_proj(query), keys.transpose(1, 2))
 
 
+@register_attention("scaled_dot")
 class ScaledDotAttention(DotAttention):
     """score(h, s) = h . s / sqrt(d), d the encoder size (query projected as in `DotAttention`)."""
 
@@ -79,6 +101,7 @@ class ScaledDotAttention(DotAttention):
         return super().score(query, keys) * self.scale
 
 
+@register_attention("general")
 class GeneralAttention(Attention):
     """score(h, s) = h^T W s (Luong "general"); W s is computed once per sentence."""
 
@@ -94,6 +117,7 @@ class GeneralAttention(Attention):
         return torch.bmm(query, keys.transpose(1, 2))
 
 
+@register_attention("concat")
 class ConcatAttention(Attention):
     """score(h, s) = v^T tanh(W [h; s]) (Bahdanau, additive), computed as v^T tanh(W_q h + W_k s)
     with W = [W_q W_k], so that W_k s is computed once per sentence. The hidden size is Hq."""
@@ -113,19 +137,11 @@ class ConcatAttention(Attention):
         return self.v(hidden).squeeze(-1)
 
 
-ATTENTIONS: dict[str, type[Attention]] = {
-    "dot": DotAttention,
-    "general": GeneralAttention,
-    "concat": ConcatAttention,
-    "scaled_dot": ScaledDotAttention,
-}
-
-
-AttentionScore = Enum("AttentionScore", {name: name for name in ATTENTIONS}, type=str)
-"""`model.attention` values: the names in `ATTENTIONS`."""
+def attention_class(name: str) -> type[Attention]:
+    """The class registered as `name`; ValueError listing the registered names otherwise."""
+    return lookup(ATTENTIONS, name, "model.attention")
 
 
 def build_attention(name: str, query_size: int, key_size: int) -> Attention:
-    """The score function `name` (one of `ATTENTIONS`) for decoder size `query_size` and encoder
-    size `key_size`; ValueError listing the valid names otherwise."""
-    return lookup(ATTENTIONS, name, "attention")(query_size, key_size)
+    """The attention `name` (see `attention_class`) for decoder size `query_size` and encoder size `key_size`."""
+    return attention_class(name)(query_size, key_size)

@@ -105,9 +105,12 @@ Options = TypeVar("Options", bound=type[ModelOptions])
 
 
 def register_model(name: str) -> Callable[[Options], Options]:
-    """Class decorator: `model.type=name` builds models from these options."""
+    """Class decorator: `model.type=name` builds models from these options. A name registered twice is an error."""
 
     def register(options: Options) -> Options:
+        if name in MODEL_TYPES and MODEL_TYPES[name] is not options:
+            raise ValueError(f"model type {name!r} is registered twice ({MODEL_TYPES[name].__qualname__} and "
+                             f"{options.__qualname__})")
         MODEL_TYPES[name] = options
         return options
 

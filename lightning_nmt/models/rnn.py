@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from lightning_nmt.models.attention import AttentionScore, build_attention
+from lightning_nmt.models.attention import attention_class, build_attention
 from lightning_nmt.models.base import (
     EncoderOutput,
     ModelOptions,
@@ -317,8 +317,13 @@ class BasicOptions(RNNOptions):
 class AttentionOptions(RNNOptions):
     """`model=attention`: attention over all encoder states at every step (`AttentionDecoder`)."""
 
-    attention: AttentionScore  # the score function
+    attention: str  # the score function: a registered name (`lightning_nmt.models.attention.ATTENTIONS`)
     input_feeding: bool  # the previous attentional vector is read next to the input embedding
+
+    def check(self) -> None:
+        """Also: `attention` must be a registered score."""
+        super().check()
+        attention_class(self.attention)
 
     def build(self, src_vocab_size: int, tgt_vocab_size: int) -> RNNSeq2Seq:
         encoder = self.encoder(src_vocab_size)
