@@ -24,8 +24,9 @@ from lightning.pytorch.loggers import Logger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_nmt import resume
-from lightning_nmt.app import build_logger, resume_checkpoint
+from lightning_nmt.app import resume_checkpoint
 from lightning_nmt.errors import CheckpointError
+from lightning_nmt.loggers import build_logger
 from lightning_nmt.resume import AtomicCheckpointIO, cluster_plugins, rng_state, set_rng_state
 from tests.conftest import compose_config
 
@@ -165,7 +166,7 @@ def test_resumed_run_logs_replace_what_the_killed_run_logged_after_its_checkpoin
     cfg = compose_config("train", [f"logger={kind}"], tmp_path)
     (first,) = build_logger(cfg, tmp_path)
     log_steps(first, range(6), lambda step: {"train/loss": 10.0 - step})
-    (resumed,) = build_logger(cfg, tmp_path, resume_step=3)
+    (resumed,) = build_logger(cfg, tmp_path, {}, resume_step=3)
     log_steps(resumed, range(3, 5), lambda step: {"train/loss": 100.0 + step, "val/bleu": 1.5} if step == 4
               else {"train/loss": 100.0 + step})  # a new column: the CSV is rewritten with a new header
     if kind == "csv":
@@ -178,7 +179,7 @@ def test_resumed_run_logs_replace_what_the_killed_run_logged_after_its_checkpoin
         logged = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert logged == [(0, 10.0), (1, 9.0), (2, 8.0), (3, 103.0), (4, 104.0)]
 
-    (fresh,) = build_logger(cfg, tmp_path / "new", resume_step=3)  # a checkpoint of another run: nothing to keep
+    (fresh,) = build_logger(cfg, tmp_path / "new", {}, resume_step=3)  # a checkpoint of another run: nothing to keep
     log_steps(fresh, range(3, 4), lambda step: {"train/loss": 1.0})
     if kind == "csv":
         assert [r["step"] for r in csv_rows(tmp_path / "new")] == ["3"]
