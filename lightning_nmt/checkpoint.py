@@ -12,8 +12,8 @@ import torch
 from lightning_nmt.errors import CheckpointError
 
 RETIRED_HPARAMS = ("num_heatmaps",)
-"""Hyperparameters older checkpoints store and the module no longer takes (heatmaps are the callback's:
-`callbacks.num_heatmaps`); a checkpoint with them loads, they are ignored."""
+"""Hyperparameters a checkpoint may store that the module does not take (heatmaps are the callback's:
+`callbacks.num_heatmaps`): a checkpoint with them loads, they are ignored."""
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

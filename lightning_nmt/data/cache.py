@@ -63,7 +63,7 @@ class _Unusable(Exception):
 
 def cache_key(fingerprint: Mapping[str, Any], settings: Mapping[str, Any], max_len: int) -> str:
     """sha256 over the cache version, tokenizer settings, ``max_len`` and the train input's fingerprint. A setting
-    at the value it had before it existed (``lowercase=False``) is left out, so older entries keep their key."""
+    at the value a state without it reads as (``lowercase=False``) is left out, so an entry keeps its key."""
     settings = {k: v for k, v in settings.items() if (k, v) != ("lowercase", False)}
     spec = {"version": CACHE_VERSION, "settings": settings, "max_len": max_len, "train": dict(fingerprint)}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

@@ -49,8 +49,8 @@ def settings_from_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def check_settings(
     model_type: str, vocab_size: int, joint: bool, character_coverage: float, lowercase: bool = False
 ) -> dict[str, Any]:
-    """Validate tokenizer settings and return them as a plain dict (``lowercase`` defaults to False for the
-    tokenizers of checkpoints written before it existed)."""
+    """Validate tokenizer settings and return them as a plain dict (a tokenizer state without
+    ``lowercase`` loads with False)."""
     if model_type not in MODEL_TYPES:
         raise DataError(f"unknown tokenizer type {model_type!r}; valid: {', '.join(MODEL_TYPES)}")
     if int(vocab_size) <= 0:
@@ -68,7 +68,7 @@ def _train_model(lines: Iterable[str], settings: Mapping[str, Any]) -> bytes:
 
     Identity normalization, kept whitespace and byte fallback make ``decode(encode(x)) == x`` (``x.lower()`` with
     ``lowercase``) for any text, so detokenized output compares exactly with raw references. One thread:
-    deterministic, and on a busy machine (parallel sweep jobs) unigram training with 2 threads was 3-9x slower.
+    deterministic, and faster on a busy machine (parallel sweep jobs; benchmarks/HISTORY.md).
     """
     spm.set_random_generator_seed(TRAIN_SEED)
     writer = io.BytesIO()

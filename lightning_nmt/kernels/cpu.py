@@ -7,33 +7,29 @@ and `lnmt-translate`); on any other device the kernels step aside. `off` runs th
 parameters, so the state_dict keys, and thus checkpoints, are the same either way), and `decoding` is entered
 around a search. The module stores the setting in its hyperparameters; the entry points' value wins.
 
-What each kernel replaces and what it gained (measured on the benchmark's 2-core CPU, benchmarks/README.md,
-section "The CPU speed-up layer"):
+What each kernel replaces, and why (the figures, measured against what they replace: benchmarks/README.md,
+"The CPU speed-up layer"):
 
 - `Linear`, training: under bf16 autocast, on at least `Linear.PACK_ROWS` rows (the whole target of a batch
   through the output layer), the weight is packed for oneDNN at each call (about the cost of multiplying ~50
-  rows) and multiplied with oneDNN's packed matmul, 5-15% faster than `F.linear`; a bf16 step +1.3-3.6%. The
-  backward pass is two plain matmuls. Fewer rows (step-by-step decoders) keep `F.linear`. fp32 keeps
-  `F.linear` (MKL): through oneDNN it was as much faster, but ideep's per-shape cache kept ~10 MB per batch
-  shape, +390 MB of peak memory.
+  rows) and multiplied with oneDNN's packed matmul, faster than `F.linear`; the backward pass is two plain
+  matmuls. Fewer rows (step-by-step decoders) and fp32 keep `F.linear`: through oneDNN, ideep's per-shape cache
+  would keep ~10 MB per batch shape.
 - `Linear`, decoding (`packed_linears`, entered by `decoding`): every weight is read at every step, so each is
-  packed once per search instead of being reordered at every call. The output layer (320 x 512) @ (512 x 8000)
-  15.0 -> 11.8 ms in fp32, 6.5 -> 5.9 ms in bf16; beam 5 +5% (bf16) and +17% (fp32), greedy +7% (bf16).
+  packed once per search instead of being reordered at every call.
 - `decoding` also runs the search outside inference mode (gradients still off): autocast keeps its bf16 copy
   of each weight for the whole search there, while in inference mode (Lightning's evaluation loops,
-  `translate_lines`) it casts every weight again at every step; bf16 greedy decoding was 10% slower.
-- `row_top`, the per-row top-k of beam search, in two levels: a step's (320 x 8000) top-10 took 1.1 instead of
-  2.0 ms. Equal scores may come in another order than `torch.topk`'s.
+  `translate_lines`) it casts every weight again at every step.
+- `row_top`, the per-row top-k of beam search, in two levels (64-column blocks). Equal scores may come in another
+  order than `torch.topk`'s.
 - `Dropout`: a cheaper mask, 16 random bits per element drawn as 64-bit integers (one generator call per four
-  elements), so the rate is p rounded to 1/65,536. An 1800 x 1024 mask: `bernoulli_` (`nn.Dropout`) 14 ms,
-  `rand_like` 7.6 ms, this 2.1 ms; a training step +2% (fp32) and +4% (bf16).
+  elements), so the rate is p rounded to 1/65,536.
 - `tune_process`, once per process: glibc keeps freed large blocks in the heap instead of returning blocks over
   32 MB to the OS and page-faulting them in again at every step (a training step allocates the same large
-  activations every time): 25-35% of a CPU training step. And oneDNN's primitive cache and PyTorch's ideep
-  cache above it, each up to 1,024 entries (one per matmul shape, with their buffers; token batches bring ever
-  new shapes), are limited to 8 (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`) and 32 (`LRU_CACHE_CAPACITY`): under
-  bf16-mixed, peak memory otherwise grew by 0.5-1.7 GB; 8 for ideep made bf16 decoding ~10% slower. Values the
-  user set win; it must run before the first bf16 matmul.
+  activations every time). And oneDNN's primitive cache and PyTorch's ideep cache above it, each up to 1,024
+  entries (one per matmul shape, with their buffers; token batches bring ever new shapes), are limited to 8
+  (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`) and 32 (`LRU_CACHE_CAPACITY`), which bounds peak memory under bf16-mixed
+  (8 for ideep would slow bf16 decoding). Values the user set win; it must run before the first bf16 matmul.
 
 Not switched by `speedups`: `emulated_bf16_warning`, which `lnmt-train` logs when a CPU run asks for bf16 on a
 CPU without native bf16 (benchmarks/README.md, "Precision on a CPU without native bf16").

@@ -59,7 +59,7 @@ def output_layer(hidden_size: int, vocab_size: int, tied: nn.Embedding | None) -
     """The output layer: features (..., hidden_size) -> logits (..., vocab_size).
 
     With `tied`, its weight is the embedding matrix, re-initialised N(0, 1/embedding_dim) so that the
-    initial logits have unit scale (with `nn.Embedding`'s N(0, 1) they had a standard deviation of
+    initial logits have unit scale (`nn.Embedding`'s N(0, 1) would give them a standard deviation of
     sqrt(embedding_dim), an initial loss far above ln V); if the embedding size differs from
     `hidden_size`, a bias-free linear layer first projects the features to the embedding size.
     """

@@ -288,7 +288,7 @@ class RNNOptions(ModelOptions):
     decoder_layers: int
     dropout: float
     tie_embeddings: bool  # the target embeddings are the output layer's weights
-    # whole source and target words dropped in training (`WordDropout`); 0 in checkpoints from before it
+    # whole source and target words dropped in training (`WordDropout`); a checkpoint without it loads with 0
     word_dropout: float = field(default=0.0, kw_only=True)
 
     def encoder(self, src_vocab_size: int) -> RNNEncoder:

@@ -285,7 +285,7 @@ class TransformerOptions(ModelOptions):
     dropout: float
     tie_embeddings: bool  # the target embeddings are the output layer's weights
     share_embeddings: bool = False  # one embedding matrix for source and target (needs a joint vocabulary)
-    attention_dropout: float | None = None  # on the attention weights; None: `dropout` (as checkpoints from before)
+    attention_dropout: float | None = None  # on the attention weights; None (or absent in a checkpoint): `dropout`
     activation_dropout: float | None = None  # after the feed-forward ReLU; None: `dropout`
     norm_first: bool = True  # pre-norm; False: post-norm (fairseq's default, `--encoder-normalize-before` off)
 
