@@ -9,7 +9,9 @@ from omegaconf import OmegaConf
 
 from lightning_nmt.config import ModelConfig, ModelType
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from lightning_nmt.models import Seq2Seq, build_model
+from lightning_nmt.models import MODEL_TYPES, Seq2Seq, build_model
+from lightning_nmt.models.attention import ATTENTIONS
+from lightning_nmt.models.layers import RNNS
 from lightning_nmt.models.rnn import BasicDecoder
 from lightning_nmt.models.transformer import TransformerSeq2Seq
 
@@ -113,9 +115,9 @@ def test_accepts_dataclass_and_dictconfig():
 @pytest.mark.parametrize(
     ("field", "value", "valid"),
     [
-        ("type", "rnn", "basic, attention, transformer"),
-        ("attention", "bilinear", "dot, general, concat, scaled_dot"),
-        ("rnn_type", "elman", "gru, lstm"),
+        ("type", "rnn", ", ".join(MODEL_TYPES)),
+        ("attention", "bilinear", ", ".join(ATTENTIONS)),
+        ("rnn_type", "elman", ", ".join(RNNS)),
     ],
 )
 def test_unknown_choices_name_valid_values(field, value, valid):

@@ -168,19 +168,24 @@ def resolve(prefix: str | Path, lang: str) -> Path:
 
 
 @dataclass(frozen=True)
-class _PairBytes:
-    """Raw chunk of a ``TextPair``: the bytes of the same lines of both files."""
+class _RawLines:
+    """Raw chunk: the bytes of the same lines of two files (a ``TextPair``) or of one (a ``TsvFile``, each line
+    ``source<TAB>target``)."""
 
     start: int
-    src: bytes
-    tgt: bytes
-    src_path: Path
-    tgt_path: Path
+    data: tuple[bytes, ...]
+    paths: tuple[Path, ...]
 
     def decode(self) -> Chunk:
-        first = self.start + 1
-        return Chunk(self.start, decode_lines(self.src, self.src_path, first),
-                     decode_lines(self.tgt, self.tgt_path, first))
+        sides = [decode_lines(data, path, self.start + 1) for data, path in zip(self.data, self.paths, strict=True)]
+        if len(sides) == 2:
+            return Chunk(self.start, *sides)
+        columns = [line.split("\t") for line in sides[0]]
+        for i, fields in enumerate(columns):
+            if len(fields) != 2:
+                raise DataError(f"{self.paths[0]} line {self.start + i + 1}: expected 2 tab-separated columns "
+                                f"(source, target), found {len(fields)}")
+        return Chunk(self.start, [f[0] for f in columns], [f[1] for f in columns])
 
 
 class TextPair(PairSource):
@@ -198,7 +203,7 @@ class TextPair(PairSource):
     def fingerprint(self) -> dict[str, Any]:
         return {"format": "text", "files": [file_identity(self.src_path), file_identity(self.tgt_path)]}
 
-    def raw_chunks(self, size: int = CHUNK_PAIRS) -> Iterator[_PairBytes]:
+    def raw_chunks(self, size: int = CHUNK_PAIRS) -> Iterator[_RawLines]:
         with _Lines(self.src_path) as src_file, _Lines(self.tgt_path) as tgt_file:
             start = 0
             while True:
@@ -209,27 +214,10 @@ class TextPair(PairSource):
                                     f"has {n_tgt}")
                 if not n_src:
                     break
-                yield _PairBytes(start, src, tgt, self.src_path, self.tgt_path)
+                yield _RawLines(start, (src, tgt), (self.src_path, self.tgt_path))
                 start += n_src
         if start == 0:
             raise DataError(f"empty split: {self.src_path} and {self.tgt_path} have no lines")
-
-
-@dataclass(frozen=True)
-class _TsvBytes:
-    """Raw chunk of a ``TsvFile``: the bytes of its lines."""
-
-    start: int
-    data: bytes
-    path: Path
-
-    def decode(self) -> Chunk:
-        columns = [line.split("\t") for line in decode_lines(self.data, self.path, self.start + 1)]
-        for i, fields in enumerate(columns):
-            if len(fields) != 2:
-                raise DataError(f"{self.path} line {self.start + i + 1}: expected 2 tab-separated columns "
-                                f"(source, target), found {len(fields)}")
-        return Chunk(self.start, [f[0] for f in columns], [f[1] for f in columns])
 
 
 class TsvFile(PairSource):
@@ -242,13 +230,13 @@ class TsvFile(PairSource):
     def fingerprint(self) -> dict[str, Any]:
         return {"format": "tsv", "files": [file_identity(self.path)]}
 
-    def raw_chunks(self, size: int = CHUNK_PAIRS) -> Iterator[_TsvBytes]:
+    def raw_chunks(self, size: int = CHUNK_PAIRS) -> Iterator[_RawLines]:
         if not self.path.is_file():
             raise DataError(f"missing corpus file: {self.path}")
         with _Lines(self.path) as lines:
             start = 0
             while count := (taken := lines.take(size))[1]:
-                yield _TsvBytes(start, taken[0], self.path)
+                yield _RawLines(start, (taken[0],), (self.path,))
                 start += count
         if start == 0:
             raise DataError(f"empty split: {self.path} has no lines")

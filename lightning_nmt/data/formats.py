@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from lightning_nmt.data.errors import DataError
+from lightning_nmt.registry import register_in
 
 if TYPE_CHECKING:
     from lightning_nmt.data.corpus import PairSource
@@ -54,15 +55,7 @@ Format = TypeVar("Format", bound=type[CorpusFormat])
 def register_corpus(name: str) -> Callable[[Format], Format]:
     """Class decorator: `data.corpus=name` reads its splits with this format. A name registered twice is an
     error."""
-
-    def register(options: Format) -> Format:
-        if name in CORPORA and CORPORA[name] is not options:
-            raise ValueError(f"corpus format {name!r} is registered twice ({CORPORA[name].__qualname__} and "
-                             f"{options.__qualname__})")
-        CORPORA[name] = options
-        return options
-
-    return register
+    return register_in(CORPORA, name, "corpus format")
 
 
 def corpus_formats() -> dict[str, type[CorpusFormat]]:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_nmt.models.base import lookup, per_hypothesis, per_sentence
+from lightning_nmt.registry import register_in
 
 ATTENTIONS: dict[str, type[Attention]] = {}
 """`model.attention` name -> its class."""
@@ -26,15 +27,7 @@ AttentionClass = TypeVar("AttentionClass", bound=type["Attention"])
 def register_attention(name: str) -> Callable[[AttentionClass], AttentionClass]:
     """Class decorator: `model.attention=name` builds this class, `cls(query_size, key_size)`. A name registered
     twice is an error."""
-
-    def register(cls: AttentionClass) -> AttentionClass:
-        if name in ATTENTIONS and ATTENTIONS[name] is not cls:
-            raise ValueError(f"attention {name!r} is registered twice ({ATTENTIONS[name].__qualname__} and "
-                             f"{cls.__qualname__})")
-        ATTENTIONS[name] = cls
-        return cls
-
-    return register
+    return register_in(ATTENTIONS, name, "attention")
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from lightning_nmt.registry import register_in
+
 T = TypeVar("T")
 DecoderState = Any
 """Model-specific decoding state (tensors with a batch dimension); only the model interprets it."""
@@ -106,15 +108,7 @@ Options = TypeVar("Options", bound=type[ModelOptions])
 
 def register_model(name: str) -> Callable[[Options], Options]:
     """Class decorator: `model.type=name` builds models from these options. A name registered twice is an error."""
-
-    def register(options: Options) -> Options:
-        if name in MODEL_TYPES and MODEL_TYPES[name] is not options:
-            raise ValueError(f"model type {name!r} is registered twice ({MODEL_TYPES[name].__qualname__} and "
-                             f"{options.__qualname__})")
-        MODEL_TYPES[name] = options
-        return options
-
-    return register
+    return register_in(MODEL_TYPES, name, "model type")
 
 
 @dataclass

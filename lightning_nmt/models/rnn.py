@@ -4,7 +4,7 @@ decoders, and `RNNSeq2Seq` joining an encoder and a decoder."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -77,29 +77,22 @@ class RNNDecoder(nn.Module):
     reads its previous output (input feeding); decoding reads one word at a time (`step`).
     """
 
-    def __init__(
-        self,
-        rnn_type: str,
-        vocab_size: int,
-        embedding_dim: int,
-        hidden_size: int,
-        num_layers: int,
-        encoder_size: int,
-        dropout: float,
-        *,
-        rnn_input_size: int,
-        input_feeding: bool,
-        word_dropout: float,
-    ) -> None:
+    def __init__(self, rnn_type: str, vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int,
+                 encoder_size: int, dropout: float, word_dropout: float, input_feeding: bool = False) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=PAD_ID)
         self.word_dropout = WordDropout(word_dropout)
         self.dropout = nn.Dropout(dropout)
         self.bridge = nn.Linear(encoder_size, hidden_size)
-        self.rnn = build_rnn(rnn_type, rnn_input_size, hidden_size, num_layers, dropout)
-        self.combine = nn.Linear(hidden_size + encoder_size, hidden_size)
         self.input_feeding = input_feeding
-        self.output_size = hidden_size
+        self.rnn = build_rnn(rnn_type, self.rnn_input_size(embedding_dim, hidden_size, encoder_size), hidden_size,
+                             num_layers, dropout)
+        self.combine = nn.Linear(hidden_size + encoder_size, hidden_size)
+        self.output_size, self.encoder_size = hidden_size, encoder_size
+
+    def rnn_input_size(self, embedding_dim: int, hidden_size: int, encoder_size: int) -> int:
+        """What the RNN reads at each step: the word embedding and what the decoder adds to it."""
+        raise NotImplementedError
 
     def precompute_keys(self, memory: Tensor) -> Tensor | None:
         """memory (B, S, H) -> attention keys (B, S, K), or None without attention."""
@@ -149,29 +142,8 @@ class BasicDecoder(RNNDecoder):
     """Cho et al. (2014): the encoder's summary of the source c (its final states) initialises the decoder
     (through the bridge) and is read at every step, next to the input word and in the output features."""
 
-    def __init__(
-        self,
-        rnn_type: str,
-        vocab_size: int,
-        embedding_dim: int,
-        hidden_size: int,
-        num_layers: int,
-        encoder_size: int,
-        dropout: float,
-        word_dropout: float,
-    ) -> None:
-        super().__init__(
-            rnn_type,
-            vocab_size,
-            embedding_dim,
-            hidden_size,
-            num_layers,
-            encoder_size,
-            dropout,
-            rnn_input_size=embedding_dim + encoder_size,
-            input_feeding=False,
-            word_dropout=word_dropout,
-        )
+    def rnn_input_size(self, embedding_dim: int, hidden_size: int, encoder_size: int) -> int:
+        return embedding_dim + encoder_size  # the word and the context c
 
     def steps(self, emb: Tensor, enc: EncoderOutput, state: RNNState) -> tuple[Tensor, RNNState, None]:
         """Decoder steps with the fixed context c (see `RNNDecoder.steps`)."""
@@ -191,32 +163,13 @@ class AttentionDecoder(RNNDecoder):
     recomputed from each decoder state h_t; with `input_feeding`, the previous attentional vector h~_{t-1}
     is read next to the input word."""
 
-    def __init__(
-        self,
-        rnn_type: str,
-        vocab_size: int,
-        embedding_dim: int,
-        hidden_size: int,
-        num_layers: int,
-        encoder_size: int,
-        dropout: float,
-        attention: str,
-        input_feeding: bool,
-        word_dropout: float,
-    ) -> None:
-        super().__init__(
-            rnn_type,
-            vocab_size,
-            embedding_dim,
-            hidden_size,
-            num_layers,
-            encoder_size,
-            dropout,
-            rnn_input_size=embedding_dim + (hidden_size if input_feeding else 0),
-            input_feeding=input_feeding,
-            word_dropout=word_dropout,
-        )
-        self.attention = build_attention(attention, hidden_size, encoder_size)
+    def __init__(self, *args: Any, attention: str, **kwargs: Any) -> None:
+        """`RNNDecoder`'s arguments, and the registered name of the `attention`."""
+        super().__init__(*args, **kwargs)
+        self.attention = build_attention(attention, self.output_size, self.encoder_size)
+
+    def rnn_input_size(self, embedding_dim: int, hidden_size: int, encoder_size: int) -> int:
+        return embedding_dim + (hidden_size if self.input_feeding else 0)  # the word and, input feeding, h~_{t-1}
 
     def precompute_keys(self, memory: Tensor) -> Tensor:
         return self.attention.precompute_keys(memory)
