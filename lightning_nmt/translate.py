@@ -25,13 +25,11 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lightning_nmt.atomic import atomic_path
-from lightning_nmt.cli import decoding_overrides, inference_device, run_cli
+from lightning_nmt.backends import Backend, Hypothesis, TorchBackend
+from lightning_nmt.cli import decoding_overrides, run_cli
 from lightning_nmt.config import CONF_DIR, register_configs
-from lightning_nmt.data.batching import collate
-from lightning_nmt.data.dataset import Example
 from lightning_nmt.data.errors import DataError
 from lightning_nmt.errors import ConfigError
-from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.module import TranslationModule
 from lightning_nmt.plotting import plot_attention
 
@@ -42,57 +40,29 @@ Hypotheses = list[tuple[str, float]]
 """The n best translations of one line, best first: (translation, score)."""
 
 
-@torch.inference_mode()
-def translate_lines(
-    module: TranslationModule, lines: Sequence[str], beam_size: int | None = None, nbest: int = 1,
-    max_tokens: int = 8192, attention_dir: str | Path | None = None, first_line: int = 1,
-) -> list[Hypotheses]:
-    """Translate raw sentences, batched by length: [line][nbest] (translation, score).
-
-    Empty (or whitespace-only) lines give an empty translation without running the model. A line longer than
-    the module's `max_input_len` pieces is translated in segments, with a warning naming its line number
-    (`first_line` is the number of `lines[0]`). With `attention_dir`, one heatmap per translated line is written
-    there (`<line number>.png`).
-    """
-    tokenizer = module.tokenizer
-    todo = [i for i, line in enumerate(lines) if line.strip()]
-    results: list[Hypotheses] = [[("", 0.0)] for _ in lines]
-    if not todo:
-        return results
-    encoded = tokenizer.encode_src([lines[i] for i in todo])
-    _warn_long(encoded, todo, first_line, module.max_input_len)
-    for batch in _batches(encoded, max_tokens):
-        src, src_lengths = batch["src"].to(module.device), batch["src_lengths"].to(module.device)
-        found = module.translate(src, src_lengths, beam_size=beam_size, nbest=nbest)
-        for row, example in enumerate(batch["ids"].tolist()):
-            hyps = tokenizer.decode_tgt(found.tokens[row])
-            results[todo[example]] = list(zip(hyps, found.scores[row].tolist(), strict=False))
-            if attention_dir is not None and found.attention is not None:
-                src_ids = src[row, : int(src_lengths[row])].tolist()
-                plot_attention(
-                    found.attention[row][0], tokenizer.src_pieces_from_ids(src_ids),
-                    [*tokenizer.tgt_pieces_from_ids(found.tokens[row][0]), "</s>"],
-                    Path(attention_dir) / f"{first_line + todo[example]:05d}.png", title=hyps[0][:80],
-                )
-    return results
+def translate_lines(module: TranslationModule, lines: Sequence[str], beam_size: int | None = None, nbest: int = 1,
+                    max_tokens: int = 8192, attention_dir: str | Path | None = None,
+                    first_line: int = 1) -> list[Hypotheses]:
+    """Translate raw sentences with a module (see `Translator.translate_nbest`): [line][nbest] (translation, score)."""
+    return Translator(TorchBackend(module, "module"), max_tokens).translate_nbest(lines, nbest, attention_dir,
+                                                                                  first_line, beam_size)
 
 
-def _batches(encoded: list[list[int]], max_tokens: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Length-sorted batches of at most `max_tokens` padded source positions (one sentence at least);
-    `batch["ids"]` indexes `encoded`."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+def _batches(pieces: dict[int, int], max_tokens: int) -> Iterator[list[int]]:
+    """Length-sorted batches of the lines of `pieces` (line index -> source pieces), at most `max_tokens` padded
+    source pieces each (one line at least)."""
     batch: list[int] = []
-    for i in order:
-        if batch and (len(batch) + 1) * (len(encoded[i]) + 1) > max_tokens:
-            yield collate([Example(j, encoded[j], None) for j in batch])
+    for i in sorted(pieces, key=pieces.__getitem__):
+        if batch and (len(batch) + 1) * pieces[i] > max_tokens:
+            yield batch
             batch = []
         batch.append(i)
     if batch:
-        yield collate([Example(j, encoded[j], None) for j in batch])
+        yield batch
 
 
-def _warn_long(encoded: list[list[int]], todo: list[int], first_line: int, limit: int | None) -> None:
-    long = [(first_line + todo[i], len(ids) + 1) for i, ids in enumerate(encoded) if limit and len(ids) + 1 > limit]
+def _warn_long(pieces: dict[int, int], first_line: int, limit: int | None) -> None:
+    long = [(first_line + i, n) for i, n in pieces.items() if limit and n > limit]
     if long:
         named = ", ".join(f"{line} ({n} pieces)" for line, n in long[:20]) + (" ..." if len(long) > 20 else "")
         log.warning("warning: line(s) %s longer than max_input_len=%d pieces: each translated in segments, "
@@ -109,38 +79,81 @@ def format_results(results: list[Hypotheses], nbest: int, first_index: int = 0) 
 
 
 class Translator:
-    """A trained checkpoint as a translator:
+    """A trained model as a translator, on either backend (`lightning_nmt.backends`):
 
-        translator = Translator.from_checkpoint("run/checkpoints/last.ckpt", beam_size=5)
+        translator = Translator.from_checkpoint("run/checkpoints/last.ckpt", beam_size=5)   # PyTorch
+        translator = Translator.from_ctranslate2("exported/", beam_size=5)                  # lnmt-export's output
         translator.translate(["A man is riding a bike."])          # -> ["Ein Mann fährt Fahrrad."]
         translator.translate_nbest(lines, nbest=3)                 # -> [[(translation, score), ...], ...]
+        translator.hypotheses(lines, attention=True)               # -> [[Hypothesis(tgt, score, pieces, weights)]]
         for line in translator.stream(open("big.txt")): ...        # constant memory, input order
     """
 
-    def __init__(self, module: TranslationModule, max_tokens: int = 8192, **decoding: Any) -> None:
-        """`decoding`: `DecodingConfig` fields replacing the checkpoint's (e.g. `beam_size=5`), None: keep."""
-        self.module, self.max_tokens = module.eval(), max_tokens
-        module.decoding = decoding_overrides(module.decoding, **decoding)
+    def __init__(self, backend: Backend, max_tokens: int = 8192, **decoding: Any) -> None:
+        """`max_tokens`: padded source pieces per batch; `decoding`: `DecodingConfig` fields replacing the model's
+        (e.g. `beam_size=5`), None: keep."""
+        self.backend, self.max_tokens = backend, max_tokens
+        backend.decoding = decoding_overrides(backend.decoding, **decoding)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", speedups: str | None = None,
                         **settings: Any) -> Translator:
         """Load `path` (`TranslationModule.load`) onto `device` (`cpu`, `gpu`/`cuda`, `auto`); `speedups`
         (`auto`/`off`) replaces the checkpoint's; `settings` are the constructor's keywords."""
-        target = inference_device(device)
-        module = TranslationModule.load(path, map_location=target)
-        if speedups is not None:
-            cpu_kernels.apply(module.model, speedups)
-        return cls(module, **settings)
+        return cls(TorchBackend.load(path, device, speedups=speedups), **settings)
+
+    @classmethod
+    def from_ctranslate2(cls, path: str | Path, device: str = "cpu", threads: int = 0, compute_type: str = "default",
+                         **settings: Any) -> Translator:
+        """Load a directory written by `lnmt-export` into CTranslate2 (`pip install 'lightning-nmt[serve]'`);
+        `threads`: CTranslate2's intra-op threads (0: its default); `settings` are the constructor's keywords."""
+        from lightning_nmt.ct2 import CTranslate2Model
+
+        return cls(CTranslate2Model(path, {"gpu": "cuda"}.get(device, device), compute_type, intra_threads=threads),
+                   **settings)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu", speedups: str | None = None, **settings: Any) -> Translator:
+        """A checkpoint file (`from_checkpoint`) or an exported directory (`from_ctranslate2`)."""
+        if Path(path).is_dir():
+            return cls.from_ctranslate2(path, device, **settings)
+        return cls.from_checkpoint(path, device, speedups, **settings)
+
+    @property
+    def module(self) -> TranslationModule:
+        """The PyTorch module (`from_checkpoint` only)."""
+        return self.backend.module
+
+    def hypotheses(self, lines: Sequence[str], nbest: int = 1, attention: bool = False, first_line: int = 1,
+                   beam_size: int | None = None) -> list[list[Hypothesis]]:
+        """The `nbest` best translations of each line, batched by length. Empty (or whitespace-only) lines give an
+        empty translation without running the model; a line longer than `max_input_len` pieces is translated in
+        segments, with a warning naming its line number (`first_line` is the number of `lines[0]`)."""
+        beam_size = beam_size or self.backend.decoding.beam_size
+        results: list[list[Hypothesis]] = [[Hypothesis("", 0.0, [], [], None)] for _ in lines]
+        pieces = {i: self.backend.count_pieces(line) for i, line in enumerate(lines) if line.strip()}
+        _warn_long(pieces, first_line, self.backend.max_input_len)
+        for batch in _batches(pieces, self.max_tokens):
+            found = self.backend.translate_batch([lines[i] for i in batch], beam_size, nbest, attention)
+            for i, hyps in zip(batch, found, strict=True):
+                results[i] = hyps
+        return results
 
     def translate(self, lines: Sequence[str]) -> list[str]:
         """The best translation of each line."""
         return [hyps[0][0] for hyps in self.translate_nbest(lines)]
 
     def translate_nbest(self, lines: Sequence[str], nbest: int = 1, attention_dir: str | Path | None = None,
-                        first_line: int = 1) -> list[Hypotheses]:
-        """The `nbest` best translations of each line, with their scores (see `translate_lines`)."""
-        return translate_lines(self.module, lines, None, nbest, self.max_tokens, attention_dir, first_line)
+                        first_line: int = 1, beam_size: int | None = None) -> list[Hypotheses]:
+        """The `nbest` best translations of each line with their scores (see `hypotheses`). With `attention_dir`,
+        one heatmap per translated line is written there (`<line number>.png`)."""
+        found = self.hypotheses(lines, nbest, attention_dir is not None, first_line, beam_size)
+        for i, hyps in enumerate(found):
+            best = hyps[0]
+            if attention_dir is not None and best.attention is not None:
+                plot_attention(torch.tensor(best.attention), best.src_pieces, [*best.tgt_pieces, "</s>"],
+                               Path(attention_dir) / f"{first_line + i:05d}.png", title=best.tgt[:80])
+        return [[(hyp.tgt, hyp.score) for hyp in hyps] for hyps in found]
 
     def stream(self, lines: Iterable[str], chunk_lines: int = 1000) -> Iterator[str]:
         """The best translation of each line of `lines`, in order, `chunk_lines` lines translated at a time."""
@@ -213,10 +226,10 @@ def _open_output(path: str) -> Iterator[IO[str]]:
 
 
 def translate(cfg: DictConfig) -> None:
-    translator = Translator.from_checkpoint(cfg.ckpt_path, cfg.accelerator, speedups=cfg.speedups,
-                                            max_tokens=cfg.batch_max_tokens, beam_size=cfg.beam_size,
-                                            length_penalty=cfg.length_penalty, max_input_len=cfg.max_input_len)
-    beam_size = translator.module.decoding.beam_size
+    translator = Translator.load(cfg.ckpt_path, cfg.accelerator, speedups=cfg.speedups,
+                                 max_tokens=cfg.batch_max_tokens, beam_size=cfg.beam_size,
+                                 length_penalty=cfg.length_penalty, max_input_len=cfg.max_input_len)
+    beam_size = translator.backend.decoding.beam_size
     if not 1 <= cfg.nbest <= beam_size:
         raise ConfigError(f"nbest={cfg.nbest} needs 1 <= nbest <= beam_size (beam_size={beam_size}; set beam_size=N)")
     if cfg.input == "-":

@@ -1,0 +1,183 @@
+"""The batching of `lnmt-serve`: concurrent requests' sentences wait in one queue, and a single worker task takes
+the oldest sentence's (beam_size, nbest, attention) group, waits up to `max_wait_ms` for more of it (less when the
+model was busy: the wait counts from the oldest sentence's arrival) up to `max_batch_tokens` padded source pieces,
+and runs the model on them in one thread; each request gets its own results back in its order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from lightning_nmt.backends import Backend, Hypothesis
+
+log = logging.getLogger("lightning_nmt.serve")
+
+class TranslationFailed(Exception):
+    """The model call of a batch raised: a 500 for the requests in it."""
+
+
+@dataclass
+class _Job:
+    """One request: its sentences' results, filled in as their batches finish."""
+
+    future: asyncio.Future
+    results: list[list[Hypothesis] | None]
+    left: int
+
+
+@dataclass
+class _Item:
+    """One sentence of a request, waiting for a batch."""
+
+    line: str
+    pieces: int
+    key: tuple[int, int, bool]  # (beam_size, nbest, attention): one batch has one key
+    job: _Job
+    index: int
+    arrived: float
+
+
+@dataclass
+class Stats:
+    requests: int = 0  # requests answered with translations
+    sentences: int = 0
+    batches: int = 0
+    largest_batch: int = 0  # sentences
+    rejected: int = 0  # 4xx answers
+    failed: int = 0  # batches whose model call raised
+    model_seconds: float = 0.0
+    started: float = field(default_factory=time.time)
+
+
+class Batcher:
+    """The queue of sentences and the one worker that batches them (see the module docstring)."""
+
+    def __init__(self, backend: Backend, max_batch_tokens: int, max_wait_ms: float) -> None:
+        self.backend = backend
+        self.max_batch_tokens, self.max_wait = max_batch_tokens, max_wait_ms / 1000
+        self.pending: deque[_Item] = deque()
+        self.stats = Stats()
+        self.closing = False
+        self.busy = 0  # sentences in the model now
+        self._wakeup: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lnmt-model")
+
+    def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="lnmt-batcher")
+
+    async def stop(self) -> None:
+        """Translate what is queued, then end the worker and the model thread."""
+        self.closing = True
+        if self._worker is not None:
+            self._wakeup.set()
+            await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def translate(self, lines: Sequence[str], pieces: Sequence[int], beam_size: int, nbest: int,
+                        attention: bool) -> list[list[Hypothesis]]:
+        """The hypotheses of each line, once the batches holding them have run."""
+        loop = asyncio.get_running_loop()
+        job = _Job(loop.create_future(), [None] * len(lines), len(lines))
+        now = loop.time()
+        key = (beam_size, nbest, attention)
+        self.pending.extend(_Item(line, n, key, job, i, now) for i, (line, n) in enumerate(zip(lines, pieces)))
+        self._wakeup.set()
+        return await job.future
+
+    def _cost(self, items: Sequence[_Item]) -> int:
+        return len(items) * max(item.pieces for item in items)
+
+    def _take(self, key: tuple[int, int, bool], dry_run: bool = False) -> tuple[list[_Item], bool]:
+        """The oldest items of `key` whose padded size fits --max-batch-tokens (one item at least), taken out of
+        the queue unless `dry_run`; and whether the batch is full (an item of `key` is left that does not fit).
+        Items of requests that ended (a client that went away, a failed batch) are dropped."""
+        batch: list[_Item] = []
+        widest, full = 0, False
+        for item in self.pending:
+            if item.key != key or item.job.future.done():
+                continue
+            wider = max(widest, item.pieces)
+            if batch and (len(batch) + 1) * wider > self.max_batch_tokens:
+                full = True
+                break
+            batch.append(item)
+            widest = wider
+        if not dry_run:
+            taken = {id(item) for item in batch}
+            self.pending = deque(item for item in self.pending
+                                 if id(item) not in taken and not item.job.future.done())
+        return batch, full or self._cost(batch) >= self.max_batch_tokens
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self.pending and self.pending[0].job.future.done():
+                self.pending.popleft()
+            if not self.pending:
+                if self.closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            first = self.pending[0]
+            while not self.closing and not self._take(first.key, dry_run=True)[1]:
+                remaining = first.arrived + self.max_wait - loop.time()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch, _ = self._take(first.key)
+            try:
+                await self._run_batch(batch)
+            except Exception as err:  # a bug here must not leave requests waiting for ever, nor stop the worker
+                log.exception("the batching worker failed")
+                for item in batch:
+                    if not item.job.future.done():
+                        item.job.future.set_exception(TranslationFailed(f"{type(err).__name__}: {err}"))
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
+        beam_size, nbest, attention = batch[0].key
+        lines = [item.line for item in batch]
+        started = time.perf_counter()
+        self.busy = len(batch)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.backend.translate_batch, lines, beam_size, nbest, attention)
+            if len(results) != len(lines):
+                raise RuntimeError(f"the backend returned {len(results)} results for {len(lines)} lines")
+        except Exception as err:  # the server survives a failing batch; its requests get a 500
+            log.exception("translating a batch of %d sentences failed", len(batch))
+            self.stats.failed += 1
+            for item in batch:
+                if not item.job.future.done():
+                    item.job.future.set_exception(TranslationFailed(f"{type(err).__name__}: {err}"))
+            return
+        finally:
+            self.busy = 0
+        seconds = time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.sentences += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self.stats.model_seconds += seconds
+        log.debug("batch of %d sentences (%d padded pieces, beam %d) in %.1f ms", len(batch), self._cost(batch),
+                  beam_size, seconds * 1000)
+        for item, hyps in zip(batch, results):
+            job = item.job
+            if job.future.done():
+                continue
+            job.results[item.index] = hyps
+            job.left -= 1
+            if job.left == 0:
+                job.future.set_result(job.results)

@@ -1,0 +1,324 @@
+"""Translation with CTranslate2: `CTranslate2Model` serves a directory written by `lnmt-export`, with the
+checkpoint's tokenizer and decoding settings, and searches as `lightning_nmt.models.search` does.
+
+What is the same as the PyTorch path (`TranslationModule.translate` / `lnmt-translate`):
+
+- the model: float32 exports give the same per-token log-probabilities (within ~1e-5) and greedy outputs;
+- the search rules: at most ceil(src_len * max_len_ratio) + max_len_offset output tokens (EOS included), EOS forced
+  at the last one, at least ceil(src_len * min_len_ratio); PAD and BOS never produced; beam search keeps the 2k best
+  extensions of k beams, a sentence is done when k hypotheses have ended (fairseq's rule, CTranslate2's too);
+- the score: GNMT's sum of log-probabilities / ((5 + len) / 6) ** length_penalty (len counts EOS). CTranslate2's
+  own length penalty is score / len ** a (len also counts EOS), which ranks hypotheses differently: the search runs
+  with a penalty too small to change a float32 score (`RAW_LENGTH_PENALTY`, so CTranslate2 returns the plain sums of
+  the k finished hypotheses and does not take its early exit of length_penalty=0), and the k finished hypotheses are
+  ranked here with ours;
+- sentences are searched in groups of equal length limits (CTranslate2 takes one `max_decoding_length` per call);
+  a hypothesis CTranslate2 stopped at the limit gets the forced EOS as ours: its log-probability from `score_batch`
+  (and its attention row from one more step), as our search adds it;
+- empty or whitespace-only lines: an empty translation with score 0, without running the model;
+- a source longer than `max_input_len` pieces is translated in segments, with `lightning_nmt.models.segments`
+  (the same cuts, joined the same way: scores averaged, attention blocks placed at their source positions);
+  nothing is truncated (CTranslate2's `max_input_length` is off);
+- attention: the last decoder layer's cross-attention averaged over the heads, one row per output token and one
+  for EOS, one column per source piece, EOS included (CTranslate2 4.8's beam search returns the first row of
+  another sentence of the batch: it is recomputed, see `_fix_first_rows`);
+- the scores: our log-probabilities (log-softmax over the whole vocabulary). CTranslate2 masks tokens before its
+  log-softmax, renormalising the others, so PAD and BOS are searched unmasked, and a sentence whose hypotheses
+  contain one is searched again with them masked; the hypotheses of a search with masked tokens (that one, or EOS
+  before the minimum length) are rescored with `score_batch`.
+
+Where the outputs can differ from ours (beam search only; greedy outputs are ours):
+- a PAD or BOS candidate among the 2k best extensions of a step that no returned hypothesis keeps took a place ours
+  gives to another candidate (a trained model, never trained to produce them, gives them ~0), and in a search with
+  masked tokens the candidates are ranked with renormalised log-probabilities;
+- when more than k hypotheses end at the step that completes k, CTranslate2 keeps the k of the highest plain sum,
+  ours ranks all of them with the length penalty; a hypothesis stopped at the length limit competes only with the k
+  best candidates of the last free step (ours: with the k best that do not end there);
+- `beam_stop=best_finished` is approximated by CTranslate2's early exit (stop when the top beam ends), ranked as
+  above;
+- float32 arithmetic in another order: scores within ~1e-5 of ours, so a near-tie (rare) may go the other way.
+int8 models are not exact: their outputs are compared with ours by `benchmarks/ctranslate2_bench.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lightning_nmt.backends import Hypothesis
+from lightning_nmt.data.tokenizer import Tokenizer
+from lightning_nmt.errors import CheckpointError, ConfigError
+from lightning_nmt.models import segments
+from lightning_nmt.models.search import BeamStop, DecodingConfig, SearchResult
+from lightning_nmt.tokens import BOS_ID, EOS_ID, PAD_ID
+
+FORMAT_VERSION = 1
+METADATA_FILE = "lightning_nmt.json"
+
+RAW_LENGTH_PENALTY = 1e-9
+"""CTranslate2 divides finished scores by len ** length_penalty: with 1e-9, len ** 1e-9 rounds to 1.0 in float32
+(the plain sum comes back), and, unlike 0, it does not turn on CTranslate2's early exit."""
+
+
+@dataclass
+class _Found:
+    """A finished hypothesis of one search: target ids (EOS excluded), the plain sum of its log-probabilities (EOS
+    included; None: to be computed with `score_batch`), whether it ended with EOS (else CTranslate2 stopped it at the
+    length limit and the EOS is forced), attention rows (one per token and EOS) or None."""
+
+    ids: list[int]
+    raw: float | None
+    ended: bool
+    attention: list[list[float]] | None
+
+
+def _penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ((5 + length) / 6) ** alpha, as `lightning_nmt.models.search`."""
+    return ((5 + length) / 6) ** alpha
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """`lightning_nmt.json` of an exported directory; a missing or foreign directory is a one-line CheckpointError."""
+    path = Path(path)
+    meta_path = path / METADATA_FILE
+    if not path.is_dir():
+        raise CheckpointError(f"CTranslate2 model directory not found: {path}")
+    if not meta_path.is_file() or not (path / "model.bin").is_file():
+        raise CheckpointError(f"{path} is not a model directory written by lnmt-export (no {METADATA_FILE} or "
+                              "model.bin)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{meta_path} is not readable: {err}") from None
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} was exported in format {meta.get('format_version')}, newer than this "
+                              f"version reads ({FORMAT_VERSION}): upgrade lightning-nmt")
+    return meta
+
+
+class CTranslate2Model:
+    """An `lnmt-export` directory loaded into a `ctranslate2.Translator` with its tokenizer:
+
+        model = CTranslate2Model("exported/", compute_type="int8", intra_threads=2)
+        model.translate_batch(["A man is riding a bike."], beam_size=5)[0][0].tgt
+        model.score(["A man ."], ["Un homme ."])  # per-token log-probabilities, EOS included
+
+    `decoding` (a `DecodingConfig`, the checkpoint's settings) may be replaced or edited like the module's.
+    `compute_type`: CTranslate2's (`default`: the exported weights' type, e.g. int8 for an int8 export on the CPU).
+    `max_tokens`: at most this many source tokens per CTranslate2 batch. A `lightning_nmt.backends.Backend`.
+    """
+
+    backend = "ctranslate2"
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", compute_type: str = "default",
+                 intra_threads: int = 0, inter_threads: int = 1, max_tokens: int = 8192) -> None:
+        try:
+            import ctranslate2
+        except ImportError:
+            raise ConfigError("the CTranslate2 backend needs ctranslate2: pip install 'lightning-nmt[serve]'") from None
+        self.path = Path(path)
+        self.metadata = read_metadata(self.path)
+        try:
+            self.tokenizer = Tokenizer.load(self.path)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{self.path}: the tokenizer cannot be loaded: {err}") from None
+        try:
+            self.translator = ctranslate2.Translator(str(self.path), device=device, compute_type=compute_type,
+                                                     intra_threads=intra_threads, inter_threads=inter_threads)
+        except (RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{self.path}: CTranslate2 cannot load the model: {first}") from None
+        self.decoding = DecodingConfig.from_dict(self.metadata["decoding"])
+        self.name, self.model_type = self.path.name, str(self.metadata.get("model_type", "transformer"))
+        self.max_tokens = max_tokens
+        self._data_max_len = self.metadata.get("max_input_len")
+        tok = self.tokenizer
+        self._src_pieces = tok.src_pieces_from_ids(range(tok.src_vocab_size))
+        self._tgt_pieces = tok.tgt_pieces_from_ids(range(tok.tgt_vocab_size))
+        self._tgt_ids = {piece: i for i, piece in enumerate(self._tgt_pieces)}
+        self._boundaries = segments.boundary_ids(self._src_pieces)
+        self._src_eos = self._src_pieces[EOS_ID]
+        self._suppress = [[self._tgt_pieces[PAD_ID]], [self._tgt_pieces[BOS_ID]]]
+
+    def count_pieces(self, line: str) -> int:
+        """Source pieces of `line`, `</s>` included."""
+        return len(self.tokenizer.encode_src([line])[0]) + 1
+
+    @property
+    def max_input_len(self) -> int | None:
+        """Longest source (pieces, EOS included) translated in one piece: `decoding.max_input_len`, else the
+        training `data.max_len` (as `TranslationModule.max_input_len`); None: no bound."""
+        return self.decoding.max_input_len or self._data_max_len
+
+    # ---- translation -------------------------------------------------------------------------------------------
+    def translate_batch(self, lines: Sequence[str], beam_size: int | None = None, nbest: int = 1,
+                        attention: bool = False) -> list[list[Hypothesis]]:
+        """The `nbest` best translations of each line, best first (`beam_size`: None for the checkpoint's, 1 is
+        greedy). Empty or whitespace-only lines: one empty translation with score 0, the model is not run."""
+        k = self.decoding.beam_size if beam_size is None else beam_size
+        if k < 1 or not 1 <= nbest <= k:
+            raise ConfigError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got beam_size={k}, nbest={nbest}")
+        results: list[list[Hypothesis]] = [[Hypothesis("", 0.0, [], [], None)] for _ in lines]
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        if not todo:
+            return results
+        encoded = [[*ids, EOS_ID] for ids in self.tokenizer.encode_src([lines[i] for i in todo])]
+        lengths = torch.tensor([len(ids) for ids in encoded])
+        src = torch.full((len(encoded), int(lengths.max())), PAD_ID, dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            src[row, : len(ids)] = torch.tensor(ids)
+
+        def search(rows: torch.Tensor, row_lengths: torch.Tensor) -> SearchResult:
+            return self._search([r[:n] for r, n in zip(rows.tolist(), row_lengths.tolist(), strict=True)], k, nbest,
+                                attention)
+
+        found = segments.bounded(search, src, lengths, self.max_input_len, self._boundaries)
+        texts = self.tokenizer.decode_tgt([ids for hyps in found.tokens for ids in hyps])
+        position = 0
+        for row, line_index in enumerate(todo):
+            src_pieces = self.tokenizer.src_pieces_from_ids(encoded[row])
+            hyps = []
+            for j, ids in enumerate(found.tokens[row]):
+                weights = None if found.attention is None else found.attention[row][j].tolist()
+                hyps.append(Hypothesis(texts[position], float(found.scores[row, j]), src_pieces,
+                                       self.tokenizer.tgt_pieces_from_ids(ids), weights))
+                position += 1
+            results[line_index] = hyps
+        return results
+
+    def translate(self, lines: Sequence[str], beam_size: int | None = None) -> list[str]:
+        """The best translation of each line."""
+        return [hyps[0].tgt for hyps in self.translate_batch(lines, beam_size)]
+
+    def _search(self, sources: list[list[int]], k: int, nbest: int, attention: bool) -> SearchResult:
+        """Search sources (ids, EOS included) as `lightning_nmt.models.search.search` with beam size k: the nbest
+        best of each, in a SearchResult (scores GNMT-normalised, attention (T + 1, S) tensors or None)."""
+        decoding = self.decoding
+        # the limits as `lightning_nmt.models.search` computes them (float32 products, rounded up)
+        lengths = torch.tensor([len(ids) for ids in sources], dtype=torch.long).float()
+        max_lens = torch.ceil(lengths * decoding.max_len_ratio).long() + decoding.max_len_offset
+        min_lens = torch.minimum(torch.ceil(lengths * decoding.min_len_ratio).long(), max_lens)
+        limits = list(zip(max_lens.tolist(), min_lens.tolist(), strict=True))
+        pieces = [[*self.tokenizer.src_pieces_from_ids(ids[:-1]), self._src_eos] for ids in sources]
+        found = self._run(range(len(sources)), pieces, limits, k, nbest, attention, suppress=False)
+        # PAD and BOS are searched unmasked (CTranslate2 masks before its log-softmax: the log-probabilities would
+        # no longer be ours); a sentence whose hypotheses contain one is searched again with them masked
+        again = [i for i, hyps in enumerate(found) if any(PAD_ID in h.ids or BOS_ID in h.ids for h in hyps)]
+        if again:
+            for i, hyps in zip(again, self._run(again, pieces, limits, k, nbest, attention, suppress=True),
+                               strict=True):
+                found[i] = hyps
+        self._complete(pieces, found, attention)
+
+        tokens, scores, weights = [], [], []
+        for i, hyps in enumerate(found):
+            ranked = sorted(hyps, key=lambda h: h.raw / _penalty(len(h.ids) + 1, decoding.length_penalty),
+                            reverse=True)[:nbest]
+            ranked += [ranked[0]] * (nbest - len(ranked))  # only when nothing but EOS fitted (max_len 1)
+            tokens.append([h.ids for h in ranked])
+            scores.append([h.raw / _penalty(len(h.ids) + 1, decoding.length_penalty) for h in ranked])
+            if attention:
+                n_src = len(sources[i])
+                weights.append([torch.tensor(h.attention, dtype=torch.float32).reshape(-1, n_src) for h in ranked])
+        return SearchResult(tokens, torch.tensor(scores, dtype=torch.float32), weights if attention else None)
+
+    def _run(self, members: Sequence[int], pieces: list[list[str]], limits: list[tuple[int, int]], k: int,
+             nbest: int, attention: bool, suppress: bool) -> list[list[_Found]]:
+        """Search sources `members` (their pieces, EOS included) in one CTranslate2 call per length limits
+        (max_len, min_len): the finished hypotheses of each. Their scores are CTranslate2's, ours unless some token
+        was masked before its log-softmax (`suppress`, or EOS before min_len): then raw=None, rescored later."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in members:
+            groups.setdefault(limits[i], []).append(i)
+        early_exit = self.decoding.beam_stop == BeamStop.best_finished and k > 1
+        pending = []
+        for (max_len, min_len), group in groups.items():
+            if max_len - 1 < 1:  # only EOS fits: nothing to search, the forced EOS is added by `_force_eos`
+                pending.append((group, None))
+                continue
+            # at most max_len - 1 free steps: a hypothesis still running after them gets the forced EOS
+            pending.append((group, self.translator.translate_batch(
+                [pieces[i] for i in group], beam_size=k, num_hypotheses=nbest if early_exit else k,
+                length_penalty=0.0 if early_exit else RAW_LENGTH_PENALTY, return_scores=True, return_end_token=True,
+                return_attention=attention, max_input_length=0, max_decoding_length=max_len - 1,
+                min_decoding_length=max(min_len - 1, 0), suppress_sequences=self._suppress if suppress else None,
+                max_batch_size=self.max_tokens, batch_type="tokens", asynchronous=True)))
+        found: dict[int, list[_Found]] = {}
+        for group, futures in pending:
+            for j, i in enumerate(group):
+                if futures is None:
+                    found[i] = [_Found([], None, False, [] if attention else None)]
+                    continue
+                masked = suppress or limits[i][1] > 1  # renormalised log-probabilities: rescored
+                result = futures[j].result()
+                hyps = found[i] = []
+                for n, (tokens, score) in enumerate(zip(result.hypotheses, result.scores, strict=True)):
+                    ids = [self._tgt_ids[t] for t in tokens]
+                    weights = [list(row) for row in result.attention[n]] if attention else None
+                    ended = bool(ids) and ids[-1] == EOS_ID
+                    # stopped at the limit without EOS: completed by `_complete`
+                    hyps.append(_Found(ids[:-1] if ended else ids, None if masked or not ended else float(score),
+                                       ended, weights))
+        if attention and k > 1 and len(found) > 1:
+            self._fix_first_rows(members, pieces, found)
+        return [found[i] for i in members]
+
+    def _fix_first_rows(self, members: Sequence[int], pieces: list[list[str]], found: dict[int, list[_Found]]) -> None:
+        """CTranslate2 4.8's beam search on the CPU returns, with several sentences per batch, the first step's
+        attention row of another sentence (its first step runs unexpanded, and the row is gathered as if expanded).
+        That row (BOS read) is the same for every hypothesis of a sentence: it is recomputed by one greedy step."""
+        first = self.translator.translate_batch([pieces[i] for i in members], beam_size=1, max_decoding_length=1,
+                                                min_decoding_length=0, return_attention=True, return_end_token=True,
+                                                max_input_length=0, max_batch_size=self.max_tokens, batch_type="tokens")
+        for i, result in zip(members, first, strict=True):
+            for hyp in found[i]:
+                if hyp.attention:
+                    hyp.attention[0] = list(result.attention[0][0])
+
+    def _complete(self, pieces: list[list[str]], found: list[list[_Found]], attention: bool) -> None:
+        """Score with `score_batch` the hypotheses without a score of ours (raw=None): those stopped at the length
+        limit, which get the forced EOS as in our search (its log-probability added, its attention row computed), and
+        those searched with masked tokens."""
+        todo = [(i, h) for i, hyps in enumerate(found) for h in hyps if h.raw is None]
+        if not todo:
+            return
+        scored = self.translator.score_batch([pieces[i] for i, _ in todo],
+                                             [self._tgt_strings(h.ids) for _, h in todo], max_input_length=0,
+                                             max_batch_size=self.max_tokens, batch_type="tokens")
+        for (_, hyp), result in zip(todo, scored, strict=True):
+            hyp.raw = float(sum(result.log_probs))  # every piece and EOS, over the whole vocabulary: ours
+        todo = [(i, h) for i, h in todo if not h.ended]
+        if not attention or not todo:
+            return
+        # one step after the hypothesis, given as a forced prefix: its attention row is the EOS row (the translator
+        # counts the prefix in max_decoding_length)
+        steps = self.translator.translate_batch(
+            [pieces[i] for i, _ in todo], target_prefix=[self._tgt_strings(h.ids) for _, h in todo], beam_size=1,
+            max_decoding_length=max(len(h.ids) for _, h in todo) + 1, min_decoding_length=0, return_attention=True,
+            return_end_token=True, max_input_length=0)
+        for (_, hyp), result in zip(todo, steps, strict=True):
+            hyp.attention = [*(hyp.attention or []), list(result.attention[0][len(hyp.ids)])]
+
+    def _tgt_strings(self, ids: Sequence[int]) -> list[str]:
+        return [self._tgt_pieces[i] for i in ids]
+
+    # ---- scoring -----------------------------------------------------------------------------------------------
+    def score(self, src_lines: Sequence[str], tgt_lines: Sequence[str]) -> list[list[float]]:
+        """Teacher-forced log-probability of each target piece and of the final EOS, per pair (the model reads the
+        whole source: no segments, nothing truncated)."""
+        if len(src_lines) != len(tgt_lines):
+            raise ConfigError(f"score needs as many targets as sources, got {len(src_lines)} and {len(tgt_lines)}")
+        if not src_lines:
+            return []
+        tok = self.tokenizer
+        sources = [[*tok.src_pieces_from_ids(ids), self._src_eos] for ids in tok.encode_src(list(src_lines))]
+        targets = [self._tgt_strings(ids) for ids in tok.encode_tgt(list(tgt_lines))]
+        results = self.translator.score_batch(sources, targets, max_input_length=0, max_batch_size=self.max_tokens,
+                                              batch_type="tokens")
+        return [list(result.log_probs) for result in results]
