@@ -1,4 +1,5 @@
-"""`lnmt-eval ckpt_path=PATH [data=...] [beam_size=N] [split=val]`: score a checkpoint on a corpus's test sets
+"""`lnmt-eval ckpt_path=PATH [data=...] [beam_size=N] [split=val]`: score a checkpoint (or a model exported by
+`lnmt-export`) on a corpus's test sets
 (or, to choose decoding settings without touching them, its validation set)."""
 
 from __future__ import annotations
@@ -19,38 +20,47 @@ from lightning_nmt.errors import ConfigError
 from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.metrics import bleu, bleu_tok_lc, chrf
 from lightning_nmt.module import TranslationModule
+from lightning_nmt.translate import Translator
 
 register_configs()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test the checkpoint on every test set of `data` (default: the corpus it was trained on); with
-    `split=val` on its validation set instead.
+    """Test a checkpoint, or a directory written by `lnmt-export` (CTranslate2), on every test set of `data`
+    (default: the corpus it was trained on); with `split=val` on its validation set instead.
 
     Returns {test set: {bleu, signature, bleu_tok_lc, signature_tok_lc, chrf, loss, ppl, sentences, hypotheses,
     ...}} (`hypotheses`: the file of its translations, `<output stem>.<test set>.hyp.txt`):
     `bleu` and `chrf` are sacreBLEU's corpus scores (the torchmetrics values logged during training agree with
-    them), `bleu_tok_lc` the lowercased Moses-tokenised BLEU of published Multi30k results (`metrics.py`).
+    them), `bleu_tok_lc` the lowercased Moses-tokenised BLEU of published Multi30k results (`metrics.py`);
+    `loss` and `ppl` (teacher-forced) are those of a checkpoint only, None for an exported model.
     """
-    device = inference_device(cfg.accelerator)
-    module = TranslationModule.load(cfg.ckpt_path)
-    cpu_kernels.apply(module.model, cfg.speedups)  # the command line's speedups, not the checkpoint's
-    module.decoding = decoding_overrides(module.decoding, beam_size=cfg.beam_size, length_penalty=cfg.length_penalty,
-                                         max_input_len=cfg.max_input_len)
-    data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(module.hparams.data)
-    check_direction(module.hparams.data or {}, data_cfg)
+    decoding = {"beam_size": cfg.beam_size, "length_penalty": cfg.length_penalty, "max_input_len": cfg.max_input_len}
+    exported = Path(cfg.ckpt_path).is_dir()
+    if exported:
+        translator = Translator.from_ctranslate2(cfg.ckpt_path, cfg.accelerator, max_tokens=cfg.batch_max_tokens,
+                                                 **decoding)
+        model, trained_data = translator.backend, translator.backend.metadata.get("data") or {}
+    else:
+        model = TranslationModule.load(cfg.ckpt_path)
+        cpu_kernels.apply(model.model, cfg.speedups)  # the command line's speedups, not the checkpoint's
+        model.decoding = decoding_overrides(model.decoding, **decoding)
+        trained_data = model.hparams.data or {}
+    data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(trained_data)
+    check_direction(trained_data, data_cfg)
     data_cfg["eval_max_tokens"] = cfg.batch_max_tokens
     datamodule = ParallelDataModule(**data_cfg)
     datamodule.prepare_data()
-    datamodule.setup_eval(module.tokenizer, cfg.split)
-    trainer = L.Trainer(accelerator=device.type.replace("cuda", "gpu"), devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    datamodule.setup_eval(model.tokenizer, cfg.split)
+    if exported:
+        hypotheses = {name: translator.translate(datamodule.sources(name)) for name in datamodule.test_names}
+        losses: dict[str, tuple[float | None, float | None]] = {name: (None, None) for name in hypotheses}
+    else:
+        hypotheses, losses = _test(model, datamodule, cfg.accelerator)
     results: dict[str, Any] = {}
-    lowercase = module.tokenizer.settings["lowercase"]  # a model trained on lowercased text: case is not scored
-    for name in datamodule.test_names:
-        prefix = "test" if name == "test" else f"test_{name}"
-        hyps, refs = module.translations[name].hypotheses, datamodule.references(name)
+    lowercase = model.tokenizer.settings["lowercase"]  # a model trained on lowercased text: case is not scored
+    for name, hyps in hypotheses.items():
+        refs = datamodule.references(name)
         sacre, tok_lc = bleu(hyps, refs, lowercase), bleu_tok_lc(hyps, refs, datamodule.tgt_lang)
         results[name] = {
             "bleu": sacre.score,
@@ -58,11 +68,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "bleu_tok_lc": tok_lc.score,
             "signature_tok_lc": tok_lc.signature,
             "chrf": chrf(hyps, refs, lowercase).score,
-            "loss": float(trainer.callback_metrics[f"{prefix}/loss"]),
-            "ppl": float(trainer.callback_metrics[f"{prefix}/ppl"]),
+            "loss": losses[name][0],
+            "ppl": losses[name][1],
             "sentences": len(hyps),
-            "beam_size": module.decoding.beam_size,
-            "length_penalty": module.decoding.length_penalty,
+            "beam_size": model.decoding.beam_size,
+            "length_penalty": model.decoding.length_penalty,
             "by_source_length": bleu_by_length(datamodule.sources(name), hyps, refs, cfg.length_buckets,
                                                datamodule.tgt_lang, lowercase),
         }
@@ -70,12 +80,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     for name in results:  # the translations, one per line, next to the scores: <output stem>.<set>.hyp.txt
         hyp_path = output.with_name(f"{output.stem}.{name}.hyp.txt")
-        atomic_write_text(hyp_path, "".join(f"{line}\n" for line in module.translations[name].hypotheses))
+        atomic_write_text(hyp_path, "".join(f"{line}\n" for line in hypotheses[name]))
         results[name]["hypotheses"] = str(hyp_path)
     text = json.dumps({"ckpt_path": str(cfg.ckpt_path), "results": results}, indent=2)
     atomic_write_text(output, text + "\n")
     print(text)
     return results
+
+
+def _test(module: TranslationModule, datamodule: ParallelDataModule,
+          accelerator: str) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
+    """A checkpoint's translations and teacher-forced loss and perplexity of each test set (`Trainer.test`)."""
+    device = inference_device(accelerator)
+    trainer = L.Trainer(accelerator=device.type.replace("cuda", "gpu"), devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    hypotheses, losses = {}, {}
+    for name in datamodule.test_names:
+        prefix = "test" if name == "test" else f"test_{name}"
+        hypotheses[name] = module.translations[name].hypotheses
+        losses[name] = (float(trainer.callback_metrics[f"{prefix}/loss"]),
+                        float(trainer.callback_metrics[f"{prefix}/ppl"]))
+    return hypotheses, losses
 
 
 def check_direction(trained: dict[str, Any], data: dict[str, Any]) -> None:

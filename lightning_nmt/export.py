@@ -218,6 +218,7 @@ def _metadata(module: Any, checkpoint: dict[str, Any], ckpt: Path, quantization:
         "quantization": quantization,
         "decoding": decoding,  # the checkpoint's `decoding:` settings (beam_size, length_penalty, max_len_*...)
         "max_input_len": module.max_input_len,  # decoding.max_input_len, else the training data.max_len
+        "data": dict(data),  # the training corpus: lnmt-eval's default test sets
         "src_lang": data.get("src_lang"),
         "tgt_lang": data.get("tgt_lang"),
         "lowercase": module.tokenizer.settings["lowercase"],

@@ -257,3 +257,32 @@ def test_existing_output_needs_force(tmp_path, capsys):
     main([str(TRANSFORMER), str(out), "--force"])
     assert not (out / "old.txt").exists() and (out / "model.bin").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left behind
+
+
+def test_translate_and_eval_take_an_exported_directory(fixture_export, tmp_path):
+    """`Translator.load`, `lnmt-translate` and `lnmt-eval` read an exported directory as they read the checkpoint:
+    the same greedy translations, the same test BLEU; `lnmt-eval` reports no teacher-forced loss for it."""
+    from lightning_nmt.eval import evaluate
+    from lightning_nmt.translate import Translator, translate
+    from tests.conftest import compose_config
+
+    _, _, directory = fixture_export
+    lines = LINES[:6]
+    by_ckpt = Translator.load(TRANSFORMER, beam_size=1)
+    by_dir = Translator.load(directory, beam_size=1)
+    assert by_dir.backend.backend == "ctranslate2" and by_dir.translate(lines) == by_ckpt.translate(lines)
+    (tmp_path / "in.txt").write_text("".join(line + "\n" for line in lines))
+    outputs = []
+    for model in (TRANSFORMER, directory):
+        out = tmp_path / f"{Path(model).name}.out"
+        translate(compose_config("translate", [f"ckpt_path={model}", f"input={tmp_path / 'in.txt'}", f"output={out}",
+                                               "beam_size=1"]))
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1] == "".join(line + "\n" for line in by_ckpt.translate(lines))
+    scores = []
+    for model in (TRANSFORMER, directory):
+        cfg = compose_config("eval", [f"ckpt_path={model}", "beam_size=1", f"output={tmp_path / Path(model).name}.json",
+                                      "data=sample", "data.sample_sizes={train:20,val:10,test:40}"], tmp_path)
+        scores.append(evaluate(cfg)["test"])
+    assert scores[0]["bleu"] == scores[1]["bleu"] and scores[0]["sentences"] == scores[1]["sentences"] > 0
+    assert scores[0]["loss"] > 0 and scores[1]["loss"] is None
