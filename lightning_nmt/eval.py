@@ -10,6 +10,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig
 
 from lightning_nmt.atomic import atomic_write_text
@@ -36,6 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     `loss` and `ppl` (teacher-forced) are those of a checkpoint only, None for an exported model.
     """
     decoding = {"beam_size": cfg.beam_size, "length_penalty": cfg.length_penalty, "max_input_len": cfg.max_input_len}
+    device = inference_device(cfg.accelerator)  # a GPU that is not there: the first error
     exported = Path(cfg.ckpt_path).is_dir()
     if exported:
         translator = Translator.from_ctranslate2(cfg.ckpt_path, cfg.accelerator, max_tokens=cfg.batch_max_tokens,
@@ -56,7 +58,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         hypotheses = {name: translator.translate(datamodule.sources(name)) for name in datamodule.test_names}
         losses: dict[str, tuple[float | None, float | None]] = {name: (None, None) for name in hypotheses}
     else:
-        hypotheses, losses = _test(model, datamodule, cfg.accelerator)
+        hypotheses, losses = _test(model, datamodule, device)
     results: dict[str, Any] = {}
     lowercase = model.tokenizer.settings["lowercase"]  # a model trained on lowercased text: case is not scored
     for name, hyps in hypotheses.items():
@@ -89,9 +91,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _test(module: TranslationModule, datamodule: ParallelDataModule,
-          accelerator: str) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
+          device: torch.device) -> tuple[dict[str, list[str]], dict[str, tuple[float, float]]]:
     """A checkpoint's translations and teacher-forced loss and perplexity of each test set (`Trainer.test`)."""
-    device = inference_device(accelerator)
     trainer = L.Trainer(accelerator=device.type.replace("cuda", "gpu"), devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
