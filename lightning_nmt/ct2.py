@@ -136,6 +136,7 @@ class CTranslate2Model:
             raise CheckpointError(f"{self.path}: CTranslate2 cannot load the model: {first}") from None
         self.decoding = DecodingConfig.from_dict(self.metadata["decoding"])
         self.name, self.model_type = self.path.name, str(self.metadata.get("model_type", "transformer"))
+        self.device = device
         self.max_tokens = max_tokens
         self._data_max_len = self.metadata.get("max_input_len")
         tok = self.tokenizer
