@@ -130,10 +130,11 @@ class TorchBackend:
         return results
 
 
-def load_backend(model: str | Path, device: str = "cpu", threads: int | None = None,
-                 speedups: str | None = None) -> Backend:
-    """A checkpoint file -> `TorchBackend`; a directory (an `lnmt-export`ed CTranslate2 model) ->
-    `lightning_nmt.ct2.CTranslate2Model`, imported only then."""
+def load_backend(model: str | Path, device: str = "cpu", threads: int | None = None, speedups: str | None = None,
+                 compute_type: str = "default") -> Backend:
+    """A checkpoint file -> `TorchBackend` (`speedups`: auto/off replaces the checkpoint's); a directory (an
+    `lnmt-export`ed model) -> `lightning_nmt.ct2.CTranslate2Model` (`compute_type`: CTranslate2's), imported only
+    then. `threads`: intra-op threads of the model calls (None: the library's default)."""
     path = Path(model)
     if not path.is_dir():
         return TorchBackend.load(path, device, threads, speedups)
@@ -145,4 +146,4 @@ def load_backend(model: str | Path, device: str = "cpu", threads: int | None = N
                               f"'{err.name}' package: {err}") from None
         raise ConfigError(f"{model} is a directory (an exported CTranslate2 model), but this installation has no "
                           "CTranslate2 backend (lightning_nmt.ct2); give a .ckpt checkpoint instead") from None
-    return ct2.CTranslate2Model(path, device={"gpu": "cuda"}.get(device, device), intra_threads=threads or 0)
+    return ct2.CTranslate2Model(path, {"gpu": "cuda"}.get(device, device), compute_type, intra_threads=threads or 0)

@@ -49,13 +49,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_nmt.ct2 import FORMAT_VERSION, METADATA_FILE
 from lightning_nmt.errors import CheckpointError, UserError, WriteError, is_write_error
 from lightning_nmt.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
-FORMAT_VERSION = 1
-"""The version of `lightning_nmt.json` (and of the directory's layout) this module writes."""
-
-METADATA_FILE = "lightning_nmt.json"
 QUANTIZATIONS = ("float32", "int8", "int8_float32")
 RECURRENT_TYPES = ("basic", "attention")
 RECURRENT_MESSAGE = ("CTranslate2 has no recurrent models: serve this checkpoint with the PyTorch backend "

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lightning_nmt.atomic import atomic_path
-from lightning_nmt.backends import Backend, Hypothesis, TorchBackend
+from lightning_nmt.backends import Backend, Hypothesis, TorchBackend, load_backend
 from lightning_nmt.cli import decoding_overrides, run_cli
 from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.data.errors import DataError
@@ -107,17 +107,12 @@ class Translator:
                          **settings: Any) -> Translator:
         """Load a directory written by `lnmt-export` into CTranslate2 (`pip install 'lightning-nmt[serve]'`);
         `threads`: CTranslate2's intra-op threads (0: its default); `settings` are the constructor's keywords."""
-        from lightning_nmt.ct2 import CTranslate2Model
-
-        return cls(CTranslate2Model(path, {"gpu": "cuda"}.get(device, device), compute_type, intra_threads=threads),
-                   **settings)
+        return cls(load_backend(path, device, threads, compute_type=compute_type), **settings)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", speedups: str | None = None, **settings: Any) -> Translator:
         """A checkpoint file (`from_checkpoint`) or an exported directory (`from_ctranslate2`)."""
-        if Path(path).is_dir():
-            return cls.from_ctranslate2(path, device, **settings)
-        return cls.from_checkpoint(path, device, speedups, **settings)
+        return cls(load_backend(path, device, speedups=speedups), **settings)
 
     @property
     def module(self) -> TranslationModule:
