@@ -5,14 +5,14 @@ the float32 export with its own length penalty (`native`: score / len ** a), at 
 sentences/s, cased sacreBLEU, peak RSS, and how many outputs differ from ours and why.
 
     python benchmarks/ctranslate2_bench.py CKPT [--src FILE(.gz) --ref FILE(.gz)] [--limit N] [--beam 5]
-                                            [--threads 1 2] [--configs torch ct2-float32 ct2-int8 native]
+                                            [--threads 1 2] [--repeat 3] [--configs torch ct2-float32 ct2-int8 native]
                                             [--workdir DIR] [--json OUT]
 
 Test set: --src/--ref, else Multi30k test_2016_flickr.<src_lang>/<tgt_lang>.gz of the checkpoint's languages under
 ``MULTI30K_ROOT`` (default ../shared/data/multi30k) when present, else pairs of the embedded synthetic generator (for
 checkpoints trained on the sample corpus). Every configuration runs in a fresh process (`--worker`), so its peak RSS
 (`ru_maxrss`) is its own: model loading plus translation. Each worker translates the first 8 lines once to warm up,
-then times the whole set.
+then times `--repeat` passes over the whole set and reports the median (the slowest and fastest pass too).
 
 Differences from ours are classified per line:
 - `ct2-*` (our search rules and length penalty): `tie` when both outputs score within 1e-4 under our scoring,
@@ -31,6 +31,7 @@ import gzip
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,7 @@ def worker(args: argparse.Namespace) -> None:
     lines = json.loads(Path(args.lines).read_text(encoding="utf-8"))
     started = time.perf_counter()
     out: dict[str, Any] = {"config": args.worker, "threads": threads}
+    run: Any  # lines -> (hyps, scores, output pieces or None) of the best translation of each line
     if args.worker == "torch":
         import torch
 
@@ -88,23 +90,18 @@ def worker(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(threads)
         translator = Translator.from_checkpoint(args.ckpt, beam_size=args.beam)
-        loaded = time.perf_counter()
-        translator.translate_nbest(lines[:WARMUP_LINES])
-        start = time.perf_counter()
-        found = translator.translate_nbest(lines)
-        seconds = time.perf_counter() - start
-        out.update(hyps=[h[0][0] for h in found], scores=[h[0][1] for h in found], pieces=None)
+
+        def run(batch: list[str]) -> tuple[list, list, None]:
+            found = translator.translate_nbest(batch)
+            return [h[0][0] for h in found], [h[0][1] for h in found], None
     elif args.worker.startswith("ct2-"):
         from lightning_nmt.ct2 import CTranslate2Model
 
-        model = CTranslate2Model(Path(args.workdir) / args.worker.removeprefix("ct2-"), intra_threads=threads)
-        loaded = time.perf_counter()
-        model.translate_batch(lines[:WARMUP_LINES], beam_size=args.beam)
-        start = time.perf_counter()
-        found = model.translate_batch(lines, beam_size=args.beam)
-        seconds = time.perf_counter() - start
-        out.update(hyps=[h[0].tgt for h in found], scores=[h[0].score for h in found],
-                   pieces=[len(h[0].tgt_pieces) for h in found])
+        model = CTranslate2Model(Path(args.workdir) / args.worker.removeprefix("ct2-"), threads=threads)
+
+        def run(batch: list[str]) -> tuple[list, list, list]:
+            found = model.translate_batch(batch, beam_size=args.beam)
+            return [h[0].tgt for h in found], [h[0].score for h in found], [len(h[0].tgt_pieces) for h in found]
     else:  # native: CTranslate2 as one would call it, with its own length penalty, on the float32 export
         import ctranslate2
 
@@ -113,30 +110,30 @@ def worker(args: argparse.Namespace) -> None:
         directory = Path(args.workdir) / "float32"
         meta = json.loads((directory / "lightning_nmt.json").read_text(encoding="utf-8"))
         tokenizer = Tokenizer.load(directory)
-        translator = ctranslate2.Translator(str(directory), device="cpu", intra_threads=threads)
-        loaded = time.perf_counter()
+        native = ctranslate2.Translator(str(directory), device="cpu", intra_threads=threads)
 
-        def run(batch: list[str]) -> list[Any]:
+        def run(batch: list[str]) -> tuple[list, list, list]:
             todo = [i for i, line in enumerate(batch) if line.strip()]
             pieces = [[*tokenizer.src_pieces_from_ids(ids), *meta["source_suffix"]]
                       for ids in tokenizer.encode_src([batch[i] for i in todo])]
-            results = translator.translate_batch(pieces, beam_size=args.beam, return_scores=True,
-                                                 length_penalty=meta["decoding"]["length_penalty"],
-                                                 max_input_length=0, max_decoding_length=256,
-                                                 max_batch_size=8192, batch_type="tokens")
+            results = native.translate_batch(pieces, beam_size=args.beam, return_scores=True,
+                                             length_penalty=meta["decoding"]["length_penalty"],
+                                             max_input_length=0, max_decoding_length=256,
+                                             max_batch_size=8192, batch_type="tokens")
             texts: list[Any] = [("", 0.0, 0)] * len(batch)
             ids = [[tokenizer._tgt.piece_to_id(p) for p in r.hypotheses[0]] for r in results]
             for i, r, text in zip(todo, results, tokenizer.decode_tgt(ids), strict=True):
                 texts[i] = (text, r.scores[0], len(r.hypotheses[0]))
-            return texts
-
-        run(lines[:WARMUP_LINES])
+            return [t[0] for t in texts], [t[1] for t in texts], [t[2] for t in texts]
+    loaded = time.perf_counter()
+    run(lines[:WARMUP_LINES])
+    passes = []
+    for _ in range(args.repeat):
         start = time.perf_counter()
-        found = run(lines)
-        seconds = time.perf_counter() - start
-        out.update(hyps=[f[0] for f in found], scores=[f[1] for f in found], pieces=[f[2] for f in found])
-    out.update(seconds=seconds, load_seconds=loaded - started,
-               maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        hyps, scores, pieces = run(lines)
+        passes.append(time.perf_counter() - start)
+    out.update(hyps=hyps, scores=scores, pieces=pieces, seconds=statistics.median(passes), passes=passes,
+               load_seconds=loaded - started, maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     Path(args.out).write_text(json.dumps(out), encoding="utf-8")
 
 
@@ -145,8 +142,8 @@ def run_worker(args: argparse.Namespace, config: str, threads: int, lines_file: 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     command = [sys.executable, str(Path(__file__).resolve()), args.ckpt, "--worker", config, "--threads",
-               str(threads), "--beam", str(args.beam), "--workdir", str(args.workdir), "--lines", str(lines_file),
-               "--out", str(out)]
+               str(threads), "--beam", str(args.beam), "--repeat", str(args.repeat), "--workdir", str(args.workdir),
+               "--lines", str(lines_file), "--out", str(out)]
     subprocess.run(command, env=env, check=True)
     return json.loads(out.read_text(encoding="utf-8"))
 
@@ -195,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="the first N sentences")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes over the set; the median is reported")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--workdir", default=None, help="exports and worker outputs (default: a temporary directory)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -243,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"# {args.ckpt}: {len(sources)} sentences of {name}, beam {args.beam}, length_penalty "
           f"{decoding['length_penalty']}")
-    print(f"{'config':<12} {'threads':>7} {'sent/s':>8} {'BLEU':>6} {'peak RSS MB':>11} {'load s':>6}  "
+    print(f"{'config':<12} {'threads':>7} {'sent/s':>8} {'range':>13} {'BLEU':>6} {'peak RSS MB':>11} {'load s':>6}  "
           "outputs differing from ours (threads alike)")
     for r in results:
         ours = next((o for o in results if o["config"] == "torch" and o["threads"] == r["threads"]), None)
@@ -252,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
             ours, r, reference, src_lengths, limits, max_input_len, decoding["length_penalty"])
         if diff != "":
             diff = f"{sum(diff.values())}/{len(sources)} " + (str(diff) if diff else "")
-        print(f"{r['config']:<12} {r['threads']:>7} {r['sents_per_s']:>8.1f} {r['bleu']:>6.2f} "
+        spread = f"{len(sources) / max(r['passes']):.0f}-{len(sources) / min(r['passes']):.0f}"
+        print(f"{r['config']:<12} {r['threads']:>7} {r['sents_per_s']:>8.1f} {spread:>13} {r['bleu']:>6.2f} "
               f"{r['maxrss_mb']:>11.0f} {r['load_seconds']:>6.1f}  {diff}")
     if args.json:
         Path(args.json).write_text(json.dumps({"checkpoint": args.ckpt, "test_set": name, "beam": args.beam,

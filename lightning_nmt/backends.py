@@ -134,7 +134,7 @@ def load_backend(model: str | Path, device: str = "cpu", threads: int | None = N
                  compute_type: str = "default") -> Backend:
     """A checkpoint file -> `TorchBackend` (`speedups`: auto/off replaces the checkpoint's); a directory (an
     `lnmt-export`ed model) -> `lightning_nmt.ct2.CTranslate2Model` (`compute_type`: CTranslate2's), imported only
-    then. `threads`: intra-op threads of the model calls (None: the library's default)."""
+    then. `threads`: CPU threads of the model calls (None: torch's default; for CTranslate2 one per core)."""
     path = Path(model)
     if not path.is_dir():
         return TorchBackend.load(path, device, threads, speedups)
@@ -146,4 +146,4 @@ def load_backend(model: str | Path, device: str = "cpu", threads: int | None = N
                               f"'{err.name}' package: {err}") from None
         raise ConfigError(f"{model} is a directory (an exported CTranslate2 model), but this installation has no "
                           "CTranslate2 backend (lightning_nmt.ct2); give a .ckpt checkpoint instead") from None
-    return ct2.CTranslate2Model(path, {"gpu": "cuda"}.get(device, device), compute_type, intra_threads=threads or 0)
+    return ct2.CTranslate2Model(path, {"gpu": "cuda"}.get(device, device), compute_type, threads=threads or 0)

@@ -54,12 +54,18 @@ import torch
 from lightning_nmt.backends import Hypothesis
 from lightning_nmt.data.tokenizer import Tokenizer
 from lightning_nmt.errors import CheckpointError, ConfigError
+from lightning_nmt.kernels import available_cores
 from lightning_nmt.models import segments
 from lightning_nmt.models.search import BeamStop, DecodingConfig, SearchResult
 from lightning_nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 FORMAT_VERSION = 1
 METADATA_FILE = "lightning_nmt.json"
+
+BATCH_TOKENS = 512
+"""Source tokens per CTranslate2 batch. Small batches searched by one single-threaded worker per core are the
+fastest on the CPU for the models this package trains (benchmarks/README.md, "CTranslate2 and serving"): a step's
+matrix products are too small to gain from splitting them across threads, and batches run side by side do."""
 
 RAW_LENGTH_PENALTY = 1e-9
 """CTranslate2 divides finished scores by len ** length_penalty: with 1e-9, len ** 1e-9 rounds to 1.0 in float32
@@ -105,19 +111,21 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 class CTranslate2Model:
     """An `lnmt-export` directory loaded into a `ctranslate2.Translator` with its tokenizer:
 
-        model = CTranslate2Model("exported/", compute_type="int8", intra_threads=2)
+        model = CTranslate2Model("exported/", compute_type="int8", threads=2)
         model.translate_batch(["A man is riding a bike."], beam_size=5)[0][0].tgt
         model.score(["A man ."], ["Un homme ."])  # per-token log-probabilities, EOS included
 
     `decoding` (a `DecodingConfig`, the checkpoint's settings) may be replaced or edited like the module's.
     `compute_type`: CTranslate2's (`default`: the exported weights' type, e.g. int8 for an int8 export on the CPU).
-    `max_tokens`: at most this many source tokens per CTranslate2 batch. A `lightning_nmt.backends.Backend`.
+    `threads` (CPU): threads in all (0: one per core), as `threads // intra_threads` CTranslate2 workers of
+    `intra_threads` each; the sentences of a call are split into batches of at most `max_tokens` source tokens, and
+    the workers search them at the same time. A `lightning_nmt.backends.Backend`.
     """
 
     backend = "ctranslate2"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", compute_type: str = "default",
-                 intra_threads: int = 0, inter_threads: int = 1, max_tokens: int = 8192) -> None:
+                 threads: int = 0, intra_threads: int = 1, max_tokens: int = BATCH_TOKENS) -> None:
         try:
             import ctranslate2
         except ImportError:
@@ -128,9 +136,13 @@ class CTranslate2Model:
             self.tokenizer = Tokenizer.load(self.path)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{self.path}: the tokenizer cannot be loaded: {err}") from None
+        if threads < 0 or intra_threads < 1 or max_tokens < 1:
+            raise ConfigError(f"need threads >= 0, intra_threads >= 1 and max_tokens >= 1, got threads={threads}, "
+                              f"intra_threads={intra_threads}, max_tokens={max_tokens}")
+        workers = 1 if device != "cpu" else max(1, (threads or available_cores()) // intra_threads)
         try:
             self.translator = ctranslate2.Translator(str(self.path), device=device, compute_type=compute_type,
-                                                     intra_threads=intra_threads, inter_threads=inter_threads)
+                                                     intra_threads=intra_threads, inter_threads=workers)
         except (RuntimeError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{self.path}: CTranslate2 cannot load the model: {first}") from None

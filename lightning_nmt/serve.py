@@ -295,8 +295,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"source pieces of one request (default: {defaults.max_request_tokens})")
     parser.add_argument("--device", default="cpu", help="cpu, gpu/cuda or auto (default: cpu)")
     parser.add_argument("--threads", type=_positive, default=None,
-                        help="CPU threads of one model call (default: torch's, one per core); on a shared or busy "
-                             "machine, or for a small model, fewer are faster")
+                        help="CPU threads of the model calls (default: one per core). A checkpoint: torch's threads of "
+                             "each call; on a shared or busy machine, or for a small model, fewer are faster. An "
+                             "exported directory: CTranslate2 workers of one thread each, searching batches side "
+                             "by side")
     parser.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)

@@ -106,7 +106,7 @@ class Translator:
     def from_ctranslate2(cls, path: str | Path, device: str = "cpu", threads: int = 0, compute_type: str = "default",
                          **settings: Any) -> Translator:
         """Load a directory written by `lnmt-export` into CTranslate2 (`pip install 'lightning-nmt[serve]'`);
-        `threads`: CTranslate2's intra-op threads (0: its default); `settings` are the constructor's keywords."""
+        `threads`: CPU threads (0: one per core; see `CTranslate2Model`); `settings` are the constructor's keywords."""
         return cls(load_backend(path, device, threads, compute_type=compute_type), **settings)
 
     @classmethod

@@ -68,14 +68,14 @@ def _variant_checkpoint(directory: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def fixture_export(tmp_path_factory) -> tuple[TranslationModule, CTranslate2Model, Path]:
     directory = _export(TRANSFORMER, tmp_path_factory.mktemp("ct2") / "float32")
-    return TranslationModule.load(TRANSFORMER), CTranslate2Model(directory, intra_threads=1), directory
+    return TranslationModule.load(TRANSFORMER), CTranslate2Model(directory, threads=1), directory
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def variant(request, tmp_path_factory) -> tuple[TranslationModule, CTranslate2Model]:
     tmp = tmp_path_factory.mktemp("variant")
     ckpt = _variant_checkpoint(tmp, request.param)
-    return TranslationModule.load(ckpt), CTranslate2Model(_export(ckpt, tmp / "float32"), intra_threads=1)
+    return TranslationModule.load(ckpt), CTranslate2Model(_export(ckpt, tmp / "float32"), threads=1)
 
 
 def torch_log_probs(module: TranslationModule, src_lines: list[str], tgt_lines: list[str]) -> list[list[float]]:
@@ -214,7 +214,7 @@ def test_int8_export_loads_and_translates(fixture_export, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "int8")
     # int8 weights; the position table (5000 x 32 floats, not a weight) stays float32
     assert (tmp_path / "int8" / "model.bin").stat().st_size < (float32 / "model.bin").stat().st_size - 150_000
-    model = CTranslate2Model(tmp_path / "int8", intra_threads=1)
+    model = CTranslate2Model(tmp_path / "int8", threads=1)
     assert model.metadata["quantization"] == "int8"
     found = model.translate_batch(LINES[:4], beam_size=3, nbest=2)
     assert all(len(hyps) == 2 and hyps[0].tgt.strip() and hyps[0].score >= hyps[1].score for hyps in found)

@@ -37,15 +37,11 @@ from lightning_nmt.data.encoder import Encoder
 from lightning_nmt.data.errors import DataError
 from lightning_nmt.data.indexed import IndexedWriter, token_dtype
 from lightning_nmt.data.tokenizer import Tokenizer
+from lightning_nmt.kernels import available_cores
 
 SAMPLE_SEED = 1
 SAMPLE_FILES = ("sample.src", "sample.tgt")
 log = logging.getLogger("lightning_nmt.data")
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _bar(desc: str, total: int | None) -> tqdm:
