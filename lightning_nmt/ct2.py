@@ -12,9 +12,10 @@ What is the same as the PyTorch path (`TranslationModule.translate` / `lnmt-tran
   with a penalty too small to change a float32 score (`RAW_LENGTH_PENALTY`, so CTranslate2 returns the plain sums of
   the k finished hypotheses and does not take its early exit of length_penalty=0), and the k finished hypotheses are
   ranked here with ours;
-- sentences are searched in groups of equal length limits (CTranslate2 takes one `max_decoding_length` per call);
-  a hypothesis CTranslate2 stopped at the limit gets the forced EOS as ours: its log-probability from `score_batch`
-  (and its attention row from one more step), as our search adds it;
+- the length limits: CTranslate2 takes one `max_decoding_length` per call, so sentences are searched together under
+  the largest of their limits, and a sentence whose search had not ended before its own limit is searched again
+  under its own (see `_run`); a hypothesis CTranslate2 stopped at the limit gets the forced EOS as ours: its
+  log-probability from `score_batch` (and its attention row from one more step), as our search adds it;
 - empty or whitespace-only lines: an empty translation with score 0, without running the model;
 - a source longer than `max_input_len` pieces is translated in segments, with `lightning_nmt.models.segments`
   (the same cuts, joined the same way: scores averaged, attention blocks placed at their source positions);
@@ -139,10 +140,10 @@ class CTranslate2Model:
         if threads < 0 or intra_threads < 1 or max_tokens < 1:
             raise ConfigError(f"need threads >= 0, intra_threads >= 1 and max_tokens >= 1, got threads={threads}, "
                               f"intra_threads={intra_threads}, max_tokens={max_tokens}")
-        workers = 1 if device != "cpu" else max(1, (threads or available_cores()) // intra_threads)
+        self.workers = 1 if device != "cpu" else max(1, (threads or available_cores()) // intra_threads)
         try:
             self.translator = ctranslate2.Translator(str(self.path), device=device, compute_type=compute_type,
-                                                     intra_threads=intra_threads, inter_threads=workers)
+                                                     intra_threads=intra_threads, inter_threads=self.workers)
         except (RuntimeError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{self.path}: CTranslate2 cannot load the model: {first}") from None
@@ -243,33 +244,56 @@ class CTranslate2Model:
 
     def _run(self, members: Sequence[int], pieces: list[list[str]], limits: list[tuple[int, int]], k: int,
              nbest: int, attention: bool, suppress: bool) -> list[list[_Found]]:
-        """Search sources `members` (their pieces, EOS included) in one CTranslate2 call per length limits
-        (max_len, min_len): the finished hypotheses of each. Their scores are CTranslate2's, ours unless some token
-        was masked before its log-softmax (`suppress`, or EOS before min_len): then raw=None, rescored later."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i in members:
-            groups.setdefault(limits[i], []).append(i)
-        early_exit = self.decoding.beam_stop == BeamStop.best_finished and k > 1
-        pending = []
-        for (max_len, min_len), group in groups.items():
-            if max_len - 1 < 1:  # only EOS fits: nothing to search, the forced EOS is added by `_force_eos`
-                pending.append((group, None))
-                continue
-            # at most max_len - 1 free steps: a hypothesis still running after them gets the forced EOS
-            pending.append((group, self.translator.translate_batch(
-                [pieces[i] for i in group], beam_size=k, num_hypotheses=nbest if early_exit else k,
-                length_penalty=0.0 if early_exit else RAW_LENGTH_PENALTY, return_scores=True, return_end_token=True,
-                return_attention=attention, max_input_length=0, max_decoding_length=max_len - 1,
-                min_decoding_length=max(min_len - 1, 0), suppress_sequences=self._suppress if suppress else None,
-                max_batch_size=self.max_tokens, batch_type="tokens", asynchronous=True)))
+        """Search sources `members` (their pieces, EOS included) under their length limits (max_len, min_len): the
+        finished hypotheses of each. Their scores are CTranslate2's, ours unless some token was masked before its
+        log-softmax (`suppress`, or EOS before min_len): then raw=None, rescored later.
+
+        CTranslate2 takes one `max_decoding_length` per call. The sources of one min_len are cut into batches of
+        similar lengths, longest first, each searched in one call under the largest max_len in it; a source whose
+        search ended before its own last free step has what a search under its own max_len gives (the same steps),
+        the others are searched again in one call per limits."""
         found: dict[int, list[_Found]] = {}
+        for i in members:
+            if limits[i][0] - 1 < 1:  # only EOS fits: nothing to search, the forced EOS is added by `_complete`
+                found[i] = [_Found([], None, False, [] if attention else None)]
+        todo = [i for i in members if i not in found]
+        shared: dict[int, list[int]] = {}
+        for i in todo:
+            shared.setdefault(limits[i][1], []).append(i)
+        calls = [(batch, max(limits[i][0] for i in batch), min_len)
+                 for min_len, group in shared.items() for batch in self._batches(group, pieces)]
+        self._collect(calls, pieces, limits, k, nbest, attention, suppress, found)
+        again: dict[tuple[int, int], list[int]] = {}
+        for group, max_len, _ in calls:
+            for i in group:
+                own = limits[i][0]
+                if own < max_len and not all(h.ended and len(h.ids) + 1 < own - 1 for h in found[i]):
+                    again.setdefault(limits[i], []).append(i)
+        self._collect([(group, max_len, min_len) for (max_len, min_len), group in
+                       sorted(again.items(), key=lambda item: -item[0][0])],
+                      pieces, limits, k, nbest, attention, suppress, found)
+        if attention and k > 1 and len(found) > 1:
+            self._fix_first_rows(todo, pieces, found)
+        return [found[i] for i in members]
+
+    def _collect(self, calls: list[tuple[list[int], int, int]], pieces: list[list[str]],
+                 limits: list[tuple[int, int]], k: int, nbest: int, attention: bool, suppress: bool,
+                 found: dict[int, list[_Found]]) -> None:
+        """One CTranslate2 call per (sources, max_len, min_len) of `calls`, all submitted before the first result is
+        read (the workers search them side by side); the hypotheses of each source go to `found`."""
+        early_exit = self.decoding.beam_stop == BeamStop.best_finished and k > 1
+        # at most max_len - 1 free steps: a hypothesis still running after them gets the forced EOS
+        pending = [(group, self.translator.translate_batch(
+            [pieces[i] for i in group], beam_size=k, num_hypotheses=nbest if early_exit else k,
+            length_penalty=0.0 if early_exit else RAW_LENGTH_PENALTY, return_scores=True, return_end_token=True,
+            return_attention=attention, max_input_length=0, max_decoding_length=max_len - 1,
+            min_decoding_length=max(min_len - 1, 0), suppress_sequences=self._suppress if suppress else None,
+            max_batch_size=self.max_tokens, batch_type="tokens", asynchronous=True))
+            for group, max_len, min_len in calls]
         for group, futures in pending:
-            for j, i in enumerate(group):
-                if futures is None:
-                    found[i] = [_Found([], None, False, [] if attention else None)]
-                    continue
+            for i, future in zip(group, futures, strict=True):
                 masked = suppress or limits[i][1] > 1  # renormalised log-probabilities: rescored
-                result = futures[j].result()
+                result = future.result()
                 hyps = found[i] = []
                 for n, (tokens, score) in enumerate(zip(result.hypotheses, result.scores, strict=True)):
                     ids = [self._tgt_ids[t] for t in tokens]
@@ -278,9 +302,19 @@ class CTranslate2Model:
                     # stopped at the limit without EOS: completed by `_complete`
                     hyps.append(_Found(ids[:-1] if ended else ids, None if masked or not ended else float(score),
                                        ended, weights))
-        if attention and k > 1 and len(found) > 1:
-            self._fix_first_rows(members, pieces, found)
-        return [found[i] for i in members]
+
+    def _batches(self, group: list[int], pieces: list[list[str]]) -> list[list[int]]:
+        """`group` by source length, longest first (the workers finish together), in batches of at most
+        `max_tokens` source tokens (padded), small enough to give every worker one."""
+        order = sorted(group, key=lambda i: -len(pieces[i]))
+        size = max(1, min(self.max_tokens, -(-sum(len(pieces[i]) for i in order) // self.workers)))
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and (len(batches[-1]) + 1) * len(pieces[batches[-1][0]]) <= size:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
 
     def _fix_first_rows(self, members: Sequence[int], pieces: list[list[str]], found: dict[int, list[_Found]]) -> None:
         """CTranslate2 4.8's beam search on the CPU returns, with several sentences per batch, the first step's

@@ -134,6 +134,25 @@ def test_greedy_equals_ours_at_length_limits(fixture_export, monkeypatch, limits
     assert all(len(h[0].attention) == len(h[0].tgt_pieces) + 1 for h in theirs if h[0].src_pieces)
 
 
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_a_batch_gives_each_line_its_own_search(fixture_export, monkeypatch, beam_size):
+    """Lines of different lengths share a CTranslate2 call under the largest of their length limits; a line whose
+    search had not ended before its own limit is searched again under it: the batch gives each line what searching
+    it alone gives (with limits tight enough that some lines stop at theirs)."""
+    _, model, _ = fixture_export
+    monkeypatch.setattr(model, "decoding", dataclasses.replace(model.decoding, max_len_ratio=0.6, max_len_offset=2))
+    lines = [line for line in LINES + [p[0] for p in PAIRS] if line.strip()]
+    calls: list[list[tuple[list[int], int, int]]] = []
+    collect = model._collect
+    monkeypatch.setattr(model, "_collect", lambda batches, *args: (calls.append(batches), collect(batches, *args)))
+    together = model.translate_batch(lines, beam_size=beam_size, nbest=beam_size)
+    assert calls[0] and calls[1], "no line was searched again: the test does not reach the second round"
+    alone = [model.translate_batch([line], beam_size=beam_size, nbest=beam_size)[0] for line in lines]
+    for line, mine, its_own in zip(lines, together, alone, strict=True):
+        assert [h.tgt for h in mine] == [h.tgt for h in its_own], line
+        assert max(abs(a.score - b.score) for a, b in zip(mine, its_own)) < 1e-4, line
+
+
 def test_greedy_equals_ours_variants(variant):
     module, model = variant
     lines = LINES + [p[0] for p in PAIRS]
