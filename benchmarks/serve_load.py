@@ -5,14 +5,16 @@
 
 Starts the server itself (`python -m lightning_nmt.serve MODEL --port <free> [--server-args ...]`) unless given
 `--url`, then for each client count runs `--requests` requests (bounded by `--max-seconds` too) from that many
-threads, each with its own keep-alive connection, sentences from the embedded en->fr sample. Reports per client
+threads, each with its own keep-alive connection, sentences from `--src` (e.g. the offline benchmark's test set) or
+the embedded en->fr sample. Reports per client
 count: sentences/s, p50/p99 latency, failed requests, the server's batches, and its RSS (VmRSS of /proc/PID/status)
-at the start, after the first `--rss-every` requests, and at the end; JSON lines with `--out FILE`.
+at the start, after every `--rss-every` requests, and at the end; JSON lines with `--out FILE`.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import http.client
 import json
 import os
@@ -40,8 +42,13 @@ def rss_mib(pid: int | None) -> float | None:
     return None
 
 
-def sentences(n: int, seed: int) -> list[str]:
-    """Source sentences of the embedded sample (the fixtures' training data), or a fixed set if it is missing."""
+def sentences(n: int, seed: int, src: str | None = None) -> list[str]:
+    """The non-empty lines of `src` (plain or .gz), else source sentences of the embedded sample (the fixtures'
+    training data), or a fixed set if it is missing."""
+    if src:
+        opener = gzip.open if src.endswith(".gz") else open
+        with opener(src, "rt", encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
     try:
         sys.path.insert(0, str(ROOT))
         from lightning_nmt.data.sample import generate_pairs
@@ -152,7 +159,7 @@ def run_level(host: str, port: int, clients: int, requests: int, max_seconds: fl
         "rss_first_at": rss_samples[0][0] if rss_samples else None,
         "rss_last_sample_mib": rss_samples[-1][1] if rss_samples else None,
         "rss_last_sample_at": rss_samples[-1][0] if rss_samples else None,
-        "rss_end_mib": rss_mib(pid), "first_failures": failures[:3],
+        "rss_end_mib": rss_mib(pid), "rss_samples": rss_samples, "first_failures": failures[:3],
         "timed_out": len(done) < requests,
     }
 
@@ -168,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-every", type=int, default=1000, help="sample the RSS every N requests (default: 1000)")
     parser.add_argument("--beam-size", type=int, help="beam size of the requests (default: the server's)")
     parser.add_argument("--sentences", type=int, default=1000, help="distinct sentences cycled through")
+    parser.add_argument("--src", help="cycle through the lines of this file (.gz too), e.g. the test set the offline "
+                                      "benchmark translates (default: the embedded en->fr sample)")
     parser.add_argument("--server-args", default="", help="extra lnmt-serve options, e.g. '--max-wait-ms 5'")
     parser.add_argument("--startup-timeout", type=float, default=180)
     parser.add_argument("--out", help="append one JSON line per client count to this file")
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = server.pid
     parsed = urlparse(url)
     host, port = parsed.hostname, parsed.port or 80
-    lines = sentences(args.sentences, seed=20261204)
+    lines = sentences(args.sentences, seed=20261204, src=args.src)
     try:
         model = get(host, port, "/models")["models"][0]
         print(f"server {url} (pid {pid}): {model['name']} ({model['type']}, {model['backend']}), "
@@ -200,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{result['sentences_per_batch']:>10} {result['rss_start_mib'] or 0:>14.1f} {first:>14} "
                   f"{last:>14} {result['rss_end_mib'] or 0:>7.1f}" + ("  (time bound reached)"
                                                                      if result["timed_out"] else ""))
+            if len(result["rss_samples"]) > 2:
+                print("        RSS MiB after each " + f"{args.rss_every}: " +
+                      ", ".join(f"{mib:.1f}" for _, mib in result["rss_samples"] if mib is not None))
             if result["first_failures"]:
                 print(f"        failures, first ones: {result['first_failures']}")
             if args.out:

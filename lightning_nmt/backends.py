@@ -39,8 +39,9 @@ class Backend(Protocol):
     """A model that translates: `TorchBackend` (a checkpoint, any model type) or `lightning_nmt.ct2.CTranslate2Model`
     (an `lnmt-export`ed Transformer). `Translator` and `lnmt-serve` use either.
 
-    `translate_batch` translates the lines in one batch, from one thread at a time; `count_pieces` (source pieces
-    of a line, `</s>` included) does not need the model (`lnmt-serve` calls it from its event loop meanwhile).
+    `translate_batch` translates the lines in one batch, from at most `parallel_calls` threads at a time;
+    `count_pieces` (source pieces of a line, `</s>` included) does not need the model (`lnmt-serve` calls it from
+    its event loop meanwhile).
     `decoding`: the `DecodingConfig` the model translates with (its beam size is the default). `max_input_len`:
     longest input translated in one piece (longer ones are translated in segments), None: no bound."""
 
@@ -49,6 +50,7 @@ class Backend(Protocol):
     model_type: str
     max_input_len: int | None
     decoding: DecodingConfig
+    parallel_calls: int
 
     def translate_batch(self, lines: list[str], beam_size: int, nbest: int,
                         attention: bool) -> list[list[Hypothesis]]: ...
@@ -61,6 +63,7 @@ class TorchBackend:
     weights per hypothesis."""
 
     backend = "torch"
+    parallel_calls = 1  # one model, one search at a time: torch parallelises each call
 
     def __init__(self, module: Any, name: str, threads: int | None = None) -> None:
         self.module = module.eval()

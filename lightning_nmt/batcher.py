@@ -1,7 +1,8 @@
-"""The batching of `lnmt-serve`: concurrent requests' sentences wait in one queue, and a single worker task takes
-the oldest sentence's (beam_size, nbest, attention) group, waits up to `max_wait_ms` for more of it (less when the
-model was busy: the wait counts from the oldest sentence's arrival) up to `max_batch_tokens` padded source pieces,
-and runs the model on them in one thread; each request gets its own results back in its order."""
+"""The batching of `lnmt-serve`: concurrent requests' sentences wait in one queue, and a single worker task, when
+the model can take a call (`Backend.parallel_calls` at once), takes the oldest sentence's (beam_size, nbest,
+attention) group, waits up to `max_wait_ms` for more of it (less when the model was busy: the wait counts from the
+oldest sentence's arrival) up to `max_batch_tokens` padded source pieces, and runs the model on them in a thread of
+its own; each request gets its own results back in its order."""
 
 from __future__ import annotations
 
@@ -66,10 +67,14 @@ class Batcher:
         self.busy = 0  # sentences in the model now
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lnmt-model")
+        self._calls = max(1, backend.parallel_calls)
+        self._slots: asyncio.Semaphore | None = None  # model calls that may start now
+        self._running: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(max_workers=self._calls, thread_name_prefix="lnmt-model")
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self._calls)
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="lnmt-batcher")
 
     async def stop(self) -> None:
@@ -78,6 +83,8 @@ class Batcher:
         if self._worker is not None:
             self._wakeup.set()
             await self._worker
+        if self._running:
+            await asyncio.wait(self._running)
         self._executor.shutdown(wait=True)
 
     async def translate(self, lines: Sequence[str], pieces: Sequence[int], beam_size: int, nbest: int,
@@ -126,6 +133,10 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self._slots.locked():  # every model call taken: wait for one to end (meanwhile more sentences come)
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
             first = self.pending[0]
             while not self.closing and not self._take(first.key, dry_run=True)[1]:
                 remaining = first.arrived + self.max_wait - loop.time()
@@ -137,13 +148,22 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             batch, _ = self._take(first.key)
-            try:
-                await self._run_batch(batch)
-            except Exception as err:  # a bug here must not leave requests waiting for ever, nor stop the worker
-                log.exception("the batching worker failed")
-                for item in batch:
-                    if not item.job.future.done():
-                        item.job.future.set_exception(TranslationFailed(f"{type(err).__name__}: {err}"))
+            await self._slots.acquire()
+            task = loop.create_task(self._call(batch))
+            self._running.add(task)
+
+    async def _call(self, batch: list[_Item]) -> None:
+        try:
+            await self._run_batch(batch)
+        except Exception as err:  # a bug here must not leave requests waiting for ever, nor stop the worker
+            log.exception("the batching worker failed")
+            for item in batch:
+                if not item.job.future.done():
+                    item.job.future.set_exception(TranslationFailed(f"{type(err).__name__}: {err}"))
+        finally:
+            self._slots.release()
+            self._running.discard(asyncio.current_task())
+            self._wakeup.set()
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         if not batch:
@@ -151,7 +171,7 @@ class Batcher:
         beam_size, nbest, attention = batch[0].key
         lines = [item.line for item in batch]
         started = time.perf_counter()
-        self.busy = len(batch)
+        self.busy += len(batch)
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self.backend.translate_batch, lines, beam_size, nbest, attention)
@@ -165,7 +185,7 @@ class Batcher:
                     item.job.future.set_exception(TranslationFailed(f"{type(err).__name__}: {err}"))
             return
         finally:
-            self.busy = 0
+            self.busy -= len(batch)
         seconds = time.perf_counter() - started
         self.stats.batches += 1
         self.stats.sentences += len(batch)

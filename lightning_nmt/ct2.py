@@ -141,6 +141,7 @@ class CTranslate2Model:
             raise ConfigError(f"need threads >= 0, intra_threads >= 1 and max_tokens >= 1, got threads={threads}, "
                               f"intra_threads={intra_threads}, max_tokens={max_tokens}")
         self.workers = 1 if device != "cpu" else max(1, (threads or available_cores()) // intra_threads)
+        self.parallel_calls = self.workers  # CTranslate2's Translator takes calls from several threads
         try:
             self.translator = ctranslate2.Translator(str(self.path), device=device, compute_type=compute_type,
                                                      intra_threads=intra_threads, inter_threads=self.workers)

@@ -280,7 +280,7 @@ def test_other_bad_requests_and_the_server_goes_on(serve):
 class FailingBackend:
     """A backend that fails on the line "boom", and upper-cases the others."""
 
-    name, backend, model_type, max_input_len = "failing", "test", "test", None
+    name, backend, model_type, max_input_len, parallel_calls = "failing", "test", "test", None, 1
     decoding = DecodingConfig(beam_size=2)
 
     def __init__(self) -> None:
@@ -344,6 +344,47 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_results(serve, tr
 
 
 # ---- command line and SIGTERM -----------------------------------------------------------------------------------
+
+class SlowBackend(FailingBackend):
+    """Upper-cases, taking `seconds` per call; records how many calls ran at once."""
+
+    def __init__(self, parallel_calls: int, seconds: float = 0.3) -> None:
+        super().__init__()
+        self.parallel_calls, self.seconds = parallel_calls, seconds
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+    def translate_batch(self, lines: list[str], beam_size: int, nbest: int,
+                        attention: bool) -> list[list[Hypothesis]]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
+        return super().translate_batch(lines, beam_size, nbest, attention)
+
+
+@pytest.mark.parametrize("parallel_calls", [1, 2])
+def test_batches_run_side_by_side_up_to_the_backends_parallel_calls(parallel_calls):
+    """A backend that takes calls from several threads (CTranslate2's workers) gets up to `parallel_calls` batches
+    at once, never more; each request still gets its own results."""
+    backend = SlowBackend(parallel_calls)
+    server = LiveServer(backend, Settings(max_wait_ms=0, max_batch_tokens=8))  # at most 4 two-piece lines a batch
+    answers: list[Any] = [None] * 12
+    try:
+        threads = [threading.Thread(target=lambda i=i: answers.__setitem__(
+            i, call(server.url, "/translate", {"src": [f"w{i}", f"x{i} y"]}))) for i in range(len(answers))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        server.close()
+    for i, (status, answer) in enumerate(answers):
+        assert status == 200, answer
+        assert [hyps[0]["tgt"] for hyps in answer["translations"]] == [f"W{i}", f"X{i} Y"]
+    assert backend.most == parallel_calls
+
 
 def test_command_line_errors(tmp_path, capsys):
     assert main([str(tmp_path / "missing.ckpt")]) == 2
