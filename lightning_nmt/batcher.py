@@ -51,7 +51,7 @@ class Stats:
     largest_batch: int = 0  # sentences
     rejected: int = 0  # 4xx answers
     failed: int = 0  # batches whose model call raised
-    model_seconds: float = 0.0
+    model_seconds: float = 0.0  # summed over the calls (those running side by side counted each)
     started: float = field(default_factory=time.time)
 
 
@@ -80,12 +80,14 @@ class Batcher:
     async def stop(self) -> None:
         """Translate what is queued, then end the worker and the model thread."""
         self.closing = True
-        if self._worker is not None:
-            self._wakeup.set()
-            await self._worker
-        if self._running:
-            await asyncio.wait(self._running)
-        self._executor.shutdown(wait=True)
+        try:
+            if self._worker is not None:
+                self._wakeup.set()
+                await self._worker
+        finally:
+            if self._running:
+                await asyncio.wait(self._running)
+            self._executor.shutdown(wait=True)
 
     async def translate(self, lines: Sequence[str], pieces: Sequence[int], beam_size: int, nbest: int,
                         attention: bool) -> list[list[Hypothesis]]:
@@ -99,7 +101,7 @@ class Batcher:
         return await job.future
 
     def _cost(self, items: Sequence[_Item]) -> int:
-        return len(items) * max(item.pieces for item in items)
+        return len(items) * max((item.pieces for item in items), default=0)
 
     def _take(self, key: tuple[int, int, bool], dry_run: bool = False) -> tuple[list[_Item], bool]:
         """The oldest items of `key` whose padded size fits --max-batch-tokens (one item at least), taken out of
@@ -148,6 +150,8 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             batch, _ = self._take(first.key)
+            if not batch:  # the requests ended while waiting (a client that went away, a failed batch)
+                continue
             await self._slots.acquire()
             task = loop.create_task(self._call(batch))
             self._running.add(task)

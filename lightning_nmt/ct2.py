@@ -63,10 +63,11 @@ from lightning_nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 FORMAT_VERSION = 1
 METADATA_FILE = "lightning_nmt.json"
 
-BATCH_TOKENS = 512
-"""Source tokens per CTranslate2 batch. Small batches searched by one single-threaded worker per core are the
-fastest on the CPU for the models this package trains (benchmarks/README.md, "CTranslate2 and serving"): a step's
-matrix products are too small to gain from splitting them across threads, and batches run side by side do."""
+BATCH_TOKENS = {"cpu": 512, "cuda": 8192}
+"""Source tokens per CTranslate2 batch, by device. On the CPU, small batches searched by one single-threaded worker
+per core are the fastest for the models this package trains (benchmarks/README.md, "CTranslate2 and serving"): a
+step's matrix products are too small to gain from splitting them across threads, and batches run side by side do.
+A GPU (one worker) takes large ones."""
 
 RAW_LENGTH_PENALTY = 1e-9
 """CTranslate2 divides finished scores by len ** length_penalty: with 1e-9, len ** 1e-9 rounds to 1.0 in float32
@@ -126,7 +127,7 @@ class CTranslate2Model:
     backend = "ctranslate2"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", compute_type: str = "default",
-                 threads: int = 0, intra_threads: int = 1, max_tokens: int = BATCH_TOKENS) -> None:
+                 threads: int = 0, intra_threads: int = 1, max_tokens: int | None = None) -> None:
         try:
             import ctranslate2
         except ImportError:
@@ -137,6 +138,9 @@ class CTranslate2Model:
             self.tokenizer = Tokenizer.load(self.path)
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{self.path}: the tokenizer cannot be loaded: {err}") from None
+        if device == "auto":
+            device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
+        max_tokens = BATCH_TOKENS.get(device, BATCH_TOKENS["cpu"]) if max_tokens is None else max_tokens
         if threads < 0 or intra_threads < 1 or max_tokens < 1:
             raise ConfigError(f"need threads >= 0, intra_threads >= 1 and max_tokens >= 1, got threads={threads}, "
                               f"intra_threads={intra_threads}, max_tokens={max_tokens}")
@@ -251,19 +255,22 @@ class CTranslate2Model:
 
         CTranslate2 takes one `max_decoding_length` per call. The sources of one min_len are cut into batches of
         similar lengths, longest first, each searched in one call under the largest max_len in it; a source whose
-        search ended before its own last free step has what a search under its own max_len gives (the same steps),
-        the others are searched again in one call per limits."""
+        search ended before its own last free step has what a search under its own max_len gives (the same steps:
+        each returned hypothesis ended, so did the search), the others are searched again in one call per limits.
+        With `beam_stop=best_finished` a search ends when its best hypothesis does, which under a larger limit can
+        be later and return others: the sources share calls only with sources of the same limits."""
+        early_exit = self.decoding.beam_stop == BeamStop.best_finished and k > 1
         found: dict[int, list[_Found]] = {}
         for i in members:
             if limits[i][0] - 1 < 1:  # only EOS fits: nothing to search, the forced EOS is added by `_complete`
                 found[i] = [_Found([], None, False, [] if attention else None)]
         todo = [i for i in members if i not in found]
-        shared: dict[int, list[int]] = {}
+        shared: dict[tuple[int, int] | int, list[int]] = {}
         for i in todo:
-            shared.setdefault(limits[i][1], []).append(i)
-        calls = [(batch, max(limits[i][0] for i in batch), min_len)
-                 for min_len, group in shared.items() for batch in self._batches(group, pieces)]
-        self._collect(calls, pieces, limits, k, nbest, attention, suppress, found)
+            shared.setdefault(limits[i] if early_exit else limits[i][1], []).append(i)
+        calls = [(batch, max(limits[i][0] for i in batch), limits[batch[0]][1])
+                 for group in shared.values() for batch in self._batches(group, pieces)]
+        self._collect(calls, pieces, limits, k, nbest, attention, suppress, early_exit, found)
         again: dict[tuple[int, int], list[int]] = {}
         for group, max_len, _ in calls:
             for i in group:
@@ -272,17 +279,17 @@ class CTranslate2Model:
                     again.setdefault(limits[i], []).append(i)
         self._collect([(group, max_len, min_len) for (max_len, min_len), group in
                        sorted(again.items(), key=lambda item: -item[0][0])],
-                      pieces, limits, k, nbest, attention, suppress, found)
-        if attention and k > 1 and len(found) > 1:
+                      pieces, limits, k, nbest, attention, suppress, early_exit, found)
+        if attention and k > 1 and len(todo) > 1:
             self._fix_first_rows(todo, pieces, found)
         return [found[i] for i in members]
 
     def _collect(self, calls: list[tuple[list[int], int, int]], pieces: list[list[str]],
                  limits: list[tuple[int, int]], k: int, nbest: int, attention: bool, suppress: bool,
-                 found: dict[int, list[_Found]]) -> None:
+                 early_exit: bool, found: dict[int, list[_Found]]) -> None:
         """One CTranslate2 call per (sources, max_len, min_len) of `calls`, all submitted before the first result is
-        read (the workers search them side by side); the hypotheses of each source go to `found`."""
-        early_exit = self.decoding.beam_stop == BeamStop.best_finished and k > 1
+        read (the workers search them side by side); the hypotheses of each source go to `found`. `early_exit`:
+        CTranslate2's (`beam_stop=best_finished`)."""
         # at most max_len - 1 free steps: a hypothesis still running after them gets the forced EOS
         pending = [(group, self.translator.translate_batch(
             [pieces[i] for i in group], beam_size=k, num_hypotheses=nbest if early_exit else k,

@@ -19,14 +19,15 @@ Endpoints (the OpenNMT-py / Eole shape):
 Bad input is a 4xx answer `{"error": "one line"}` (400 malformed JSON or UTF-8, an empty list, a value out of range;
 422 a wrong type or an unknown field, named; 413 too many sentences, pieces or bytes); the server keeps serving.
 
-Concurrent requests are batched: their sentences wait in one queue, and a single worker task takes the oldest
+Concurrent requests are batched: their sentences wait in one queue, and a single worker task, when the model can
+take a call (one at a time for a checkpoint, one per CTranslate2 worker for an exported model), takes the oldest
 sentence's (beam_size, nbest, attention) group, waits up to --max-wait-ms for more of it (less when the model was
 busy: the wait counts from the oldest sentence's arrival) up to --max-batch-tokens padded source pieces, and runs the
-model on them in one thread; each request gets its own results back in its order. On SIGTERM (or Ctrl-C) the server
+model on them in a thread; each request gets its own results back in its order. On SIGTERM (or Ctrl-C) the server
 stops accepting connections, answers the requests in flight, then exits with status 0.
 
 Built on FastAPI + uvicorn rather than LitServe: the batching is a plain asyncio queue in the server's own event loop
-and the model runs in one thread of the same process, with no extra worker-process model to configure or ship.
+and the model runs in threads of the same process, with no extra worker-process model to configure or ship.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from lightning_nmt.data.tokenizer import Tokenizer  # noqa: E402
 from lightning_nmt.errors import ConfigError  # noqa: E402
 from lightning_nmt.export import RECURRENT_MESSAGE, export, main  # noqa: E402
 from lightning_nmt.models import build_model  # noqa: E402
+from lightning_nmt.models.search import BeamStop  # noqa: E402
 from lightning_nmt.module import TranslationModule  # noqa: E402
 from lightning_nmt.tokens import PAD_ID  # noqa: E402
 from lightning_nmt.translate import translate_lines  # noqa: E402
@@ -134,19 +136,34 @@ def test_greedy_equals_ours_at_length_limits(fixture_export, monkeypatch, limits
     assert all(len(h[0].attention) == len(h[0].tgt_pieces) + 1 for h in theirs if h[0].src_pieces)
 
 
-@pytest.mark.parametrize("beam_size", [1, 4])
-def test_a_batch_gives_each_line_its_own_search(fixture_export, monkeypatch, beam_size):
+@pytest.mark.parametrize(("beam_size", "beam_stop"), [(1, "k_finished"), (4, "k_finished"), (4, "best_finished")])
+def test_a_batch_gives_each_line_its_own_search(fixture_export, monkeypatch, beam_size, beam_stop):
     """Lines of different lengths share a CTranslate2 call under the largest of their length limits; a line whose
     search had not ended before its own limit is searched again under it: the batch gives each line what searching
-    it alone gives (with limits tight enough that some lines stop at theirs)."""
+    it alone gives (with limits tight enough that some lines stop at theirs). With best_finished, lines share calls
+    only with lines of the same limits."""
     _, model, _ = fixture_export
-    monkeypatch.setattr(model, "decoding", dataclasses.replace(model.decoding, max_len_ratio=0.6, max_len_offset=2))
+    monkeypatch.setattr(model, "decoding", dataclasses.replace(model.decoding, max_len_ratio=0.6, max_len_offset=2,
+                                                               beam_stop=BeamStop(beam_stop)))
     lines = [line for line in LINES + [p[0] for p in PAIRS] if line.strip()]
     calls: list[list[tuple[list[int], int, int]]] = []
     collect = model._collect
-    monkeypatch.setattr(model, "_collect", lambda batches, *args: (calls.append(batches), collect(batches, *args)))
+    limits: list[list[tuple[int, int]]] = []  # (max_len, min_len) of each source, per round
+
+    def spy(batches: list[tuple[list[int], int, int]], pieces: list[list[str]], source_limits: list[tuple[int, int]],
+            *args: Any) -> None:
+        calls.append(batches)
+        limits.append(source_limits)
+        collect(batches, pieces, source_limits, *args)
+
+    monkeypatch.setattr(model, "_collect", spy)
     together = model.translate_batch(lines, beam_size=beam_size, nbest=beam_size)
-    assert calls[0] and calls[1], "no line was searched again: the test does not reach the second round"
+    if beam_stop == "k_finished":
+        assert calls[0] and calls[1], "no line was searched again: the test does not reach the second round"
+    else:  # one limit per call: nothing to search again
+        assert calls[0] and not calls[1]
+        assert all(len({limits[0][i] for i in batch}) == 1 for batch, _, _ in calls[0])
+        assert len({limits[0][i] for batch, _, _ in calls[0] for i in batch}) > 1  # lines of several limits
     alone = [model.translate_batch([line], beam_size=beam_size, nbest=beam_size)[0] for line in lines]
     for line, mine, its_own in zip(lines, together, alone, strict=True):
         assert [h.tgt for h in mine] == [h.tgt for h in its_own], line

@@ -343,8 +343,6 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_results(serve, tr
     assert after["largest_batch"] >= 8
 
 
-# ---- command line and SIGTERM -----------------------------------------------------------------------------------
-
 class SlowBackend(FailingBackend):
     """Upper-cases, taking `seconds` per call; records how many calls ran at once."""
 
@@ -385,6 +383,23 @@ def test_batches_run_side_by_side_up_to_the_backends_parallel_calls(parallel_cal
         assert [hyps[0]["tgt"] for hyps in answer["translations"]] == [f"W{i}", f"X{i} Y"]
     assert backend.most == parallel_calls
 
+
+def test_a_request_that_fails_while_its_other_sentences_wait_leaves_the_batcher_running():
+    """"boom" fails in its own batch while "x" of the same request waits for more sentences: the request is a 500,
+    the batcher drops "x" and goes on serving."""
+    backend = FailingBackend()
+    backend.parallel_calls = 2
+    server = LiveServer(backend, Settings(max_wait_ms=300, max_batch_tokens=3))  # "boom" and "x" in two batches
+    try:
+        assert call(server.url, "/translate", {"src": ["boom", "x"]})[0] == 500
+        assert call(server.url, "/translate", {"src": ["a"]}) == (200, {"translations": [[{"tgt": "A",
+                                                                                             "score": -1.0}]]})
+    finally:
+        server.close()
+    assert ["x"] not in backend.batches
+
+
+# ---- command line and SIGTERM -----------------------------------------------------------------------------------
 
 def test_command_line_errors(tmp_path, capsys):
     assert main([str(tmp_path / "missing.ckpt")]) == 2

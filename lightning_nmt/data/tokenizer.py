@@ -24,8 +24,9 @@ CONFIG_KEYS = {"type": "model_type", "vocab_size": "vocab_size", "joint": "joint
                "lowercase": "lowercase"}
 INPUT_SENTENCE_SIZE = 1_000_000
 THREADED_ENCODE_LINES = 32
-"""sentencepiece encodes a list on a pool of threads it starts per call (~0.1 ms, more on busy cores): fewer lines
-than this are encoded one by one (a one-line encode takes ~5 us), e.g. `lnmt-serve` counting a request's pieces."""
+"""sentencepiece encodes a list on a pool of threads it starts per call, which costs more than encoding a few lines
+one by one (benchmarks/README.md, "CTranslate2 and serving"): fewer lines than this are encoded one by one, e.g.
+`lnmt-serve` counting a request's pieces."""
 TRAIN_SEED = 1
 STATE_VERSION = 1
 
