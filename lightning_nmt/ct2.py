@@ -145,7 +145,6 @@ class CTranslate2Model:
             raise ConfigError(f"need threads >= 0, intra_threads >= 1 and max_tokens >= 1, got threads={threads}, "
                               f"intra_threads={intra_threads}, max_tokens={max_tokens}")
         self.workers = 1 if device != "cpu" else max(1, (threads or available_cores()) // intra_threads)
-        self.parallel_calls = self.workers  # CTranslate2's Translator takes calls from several threads
         try:
             self.translator = ctranslate2.Translator(str(self.path), device=device, compute_type=compute_type,
                                                      intra_threads=intra_threads, inter_threads=self.workers)
@@ -164,6 +163,12 @@ class CTranslate2Model:
         self._boundaries = segments.boundary_ids(self._src_pieces)
         self._src_eos = self._src_pieces[EOS_ID]
         self._suppress = [[self._tgt_pieces[PAD_ID]], [self._tgt_pieces[BOS_ID]]]
+
+    @property
+    def parallel_calls(self) -> int:
+        """`translate_batch` calls that may run at once: one per worker (CTranslate2 takes calls from several
+        threads)."""
+        return self.workers
 
     def count_pieces(self, line: str) -> int:
         """Source pieces of `line`, `</s>` included."""
