@@ -21,13 +21,14 @@ from lightning_nmt.tokens import PAD_ID
 log = logging.getLogger(__name__)
 
 
-def hypothesis_file(output_dir: Path, name: str) -> Path:
-    """`test.hyp.txt` for the main test set, `test_<name>.hyp.txt` for extra ones."""
-    return output_dir / ("test.hyp.txt" if name == "test" else f"test_{name}.hyp.txt")
+def hypothesis_file(output_dir: Path, name: str, kind: str = "hyp") -> Path:
+    """`test.hyp.txt` for the main test set, `test_<name>.hyp.txt` for extra ones; `kind="ref"`: its references."""
+    return output_dir / (f"test.{kind}.txt" if name == "test" else f"test_{name}.{kind}.txt")
 
 
 class TestOutputs(L.Callback):
-    """After testing: the test translations as text, one file per test set."""
+    """After testing: the test translations and their references as text, one pair of files per test set (the
+    references too, so that `lnmt-compare` tests significance without the corpus being where it was)."""
 
     def __init__(self, output_dir: str | Path) -> None:
         self.output_dir = Path(output_dir)
@@ -36,8 +37,9 @@ class TestOutputs(L.Callback):
         if not trainer.is_global_zero:
             return
         for name in pl_module.eval_names:
-            atomic_write_text(hypothesis_file(self.output_dir, name),
-                              "".join(hyp + "\n" for hyp in pl_module.translations[name].hypotheses))
+            translations = pl_module.translations[name]
+            for kind, lines in (("hyp", translations.hypotheses), ("ref", translations.references)):
+                atomic_write_text(hypothesis_file(self.output_dir, name, kind), "".join(f"{line}\n" for line in lines))
 
 
 class AttentionHeatmaps(L.Callback):

@@ -80,10 +80,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         }
     output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "eval.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    for name in results:  # the translations, one per line, next to the scores: <output stem>.<set>.hyp.txt
-        hyp_path = output.with_name(f"{output.stem}.{name}.hyp.txt")
-        atomic_write_text(hyp_path, "".join(f"{line}\n" for line in hypotheses[name]))
-        results[name]["hypotheses"] = str(hyp_path)
+    for name in results:  # translations and references, one per line, next to the scores: <output stem>.<set>.hyp.txt
+        for kind, key, lines in (("hyp", "hypotheses", hypotheses[name]), ("ref", "references", datamodule.references(name))):
+            path = output.with_name(f"{output.stem}.{name}.{kind}.txt")
+            atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+            results[name][key] = str(path)
     text = json.dumps({"ckpt_path": str(cfg.ckpt_path), "results": results}, indent=2)
     atomic_write_text(output, text + "\n")
     print(text)
