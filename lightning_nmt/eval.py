@@ -81,7 +81,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "eval.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     for name in results:  # translations and references, one per line, next to the scores: <output stem>.<set>.hyp.txt
-        for kind, key, lines in (("hyp", "hypotheses", hypotheses[name]), ("ref", "references", datamodule.references(name))):
+        written = (("hyp", "hypotheses", hypotheses[name]), ("ref", "references", datamodule.references(name)))
+        for kind, key, lines in written:
             path = output.with_name(f"{output.stem}.{name}.{kind}.txt")
             atomic_write_text(path, "".join(f"{line}\n" for line in lines))
             results[name][key] = str(path)
