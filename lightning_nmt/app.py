@@ -3,7 +3,6 @@ from a composed config, train, test, and summarise the run in its directory."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from lightning_nmt.atomic import atomic_write_text
+from lightning_nmt import record
 from lightning_nmt.average import average_best, check_average_option
 from lightning_nmt.callbacks import AttentionHeatmaps, ExampleTranslations, RunSummary, StepProgressBar, TestOutputs
 from lightning_nmt.checkpoint import read_checkpoint
@@ -30,8 +29,10 @@ from lightning_nmt.distributed import effective_batch, end_job, install_hydra_re
 from lightning_nmt.errors import CheckpointError, ConfigError, TrainingDiverged, UserError, WriteError, is_write_error
 from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.loggers import build_logger
+from lightning_nmt.metrics import scoring
 from lightning_nmt.models import model_differences
 from lightning_nmt.module import TranslationModule
+from lightning_nmt.record import FINISHED, RunRecord
 from lightning_nmt.resume import (
     AtomicCheckpointIO,
     LastCheckpoint,
@@ -40,9 +41,8 @@ from lightning_nmt.resume import (
     cluster_plugins,
 )
 from lightning_nmt.sweeps import (
-    FINISHED,
     config_hash,
-    failure_metrics,
+    failure_record,
     finished_metrics,
     report_job,
     skip_duplicate,
@@ -247,11 +247,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             run = build_run(cfg, output_dir)
             metrics = train_run(cfg, run, started)
     except Exception as err:  # noqa: BLE001 (any failure of one job: a bad value, divergence, a bug, out of memory)
-        metrics = failure_metrics(cfg, err, run.trainer.global_step if run else 0)
-        log.error("job failed at step %d: %s", metrics["step"], metrics["error"],
+        failure = failure_record(cfg, err, run.trainer.global_step if run else 0)
+        log.error("job failed at step %d: %s", failure.step, failure.error,
                   exc_info=None if isinstance(err, UserError) else err)
         if rank_zero_only.rank == 0:
-            write_failure(output_dir, metrics)
+            write_failure(output_dir, failure)
+        metrics = failure.to_dict()
     if rank_zero_only.rank == 0:
         report_job(runtime["sweep_dir"], output_dir, metrics)
     return metrics
@@ -268,11 +269,13 @@ def train_run(cfg: DictConfig, run: Run, started: float) -> dict[str, Any]:
             logger.log_hyperparams({"config": to_dict(cfg), "effective_batch": batch})
     try:
         fit(cfg, run)
-        metrics = {"status": FINISHED, **report(cfg, run, batch, started), "config_hash": config_hash(cfg)}
+        results = report(cfg, run, batch, started)
         if run.trainer.is_global_zero:
-            atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+            done = run_record(cfg, run, results)
+            record.write(output_dir, done)
             log.info("run directory: %s", output_dir)
-        return metrics
+            return done.to_dict()
+        return results
     except OSError as err:  # a log, a plot... that could not be written (checkpoints raise WriteError)
         if not is_write_error(err):
             raise
@@ -323,6 +326,17 @@ def report(cfg: DictConfig, run: Run, batch: dict[str, Any], started: float) -> 
     metrics["effective_batch"] = batch
     metrics["padding_fraction"] = run.datamodule.padding_fraction
     return metrics
+
+
+def run_record(cfg: DictConfig, run: Run, results: dict[str, Any]) -> RunRecord:
+    """A finished run's record: `report`'s results with the seed, configuration hash, provenance (code, packages,
+    hardware), the data's fingerprint and how the test sets were scored."""
+    results = dict(results)
+    lowercase = bool(run.datamodule.tokenizer.settings["lowercase"])
+    return RunRecord(
+        status=FINISHED, seed=cfg.seed, config_hash=config_hash(cfg), val_history=results.pop("val_history"),
+        wall_seconds=results.pop("wall_seconds"), results=results, data=run.datamodule.fingerprint(),
+        provenance=record.provenance(cfg.trainer.accelerator), scoring=scoring(lowercase))
 
 
 def _test_metrics(callback_metrics: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:

@@ -53,6 +53,12 @@ def chrf(hypotheses: list[str], references: list[str], lowercase: bool = False) 
     return Score(metric.corpus_score(hypotheses, [references]).score, str(metric.get_signature()))
 
 
+def scoring(lowercase: bool) -> dict[str, object]:
+    """How `bleu` and `chrf` score a model's test sets (its record's `scoring`): case, and sacreBLEU's signatures."""
+    return {"lowercase": lowercase, "bleu": str(sacrebleu.metrics.BLEU(lowercase=lowercase).get_signature()),
+            "chrf": str(sacrebleu.metrics.CHRF(lowercase=lowercase).get_signature())}
+
+
 @lru_cache(maxsize=8)
 def _moses(lang: str) -> Callable[[str], str]:
     """Moses tokenisation of one line for `lang` (kept: building the tokenizer compiles its rules)."""

@@ -17,9 +17,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_nmt.atomic import atomic_write_text
+from lightning_nmt import record
 from lightning_nmt.errors import ConfigError
 from lightning_nmt.models import MODEL_TYPES, model_keys
+from lightning_nmt.record import DUPLICATE, FAILED, FINISHED, RunRecord
 
 log = logging.getLogger("lightning_nmt")
 
@@ -114,53 +115,46 @@ def skip_duplicate(cfg: Mapping[str, Any], output_dir: Path, runtime: Mapping[st
     original = claim(runtime["sweep_dir"], output_dir, cfg)
     if original is None:
         return None
-    marker = {"duplicate_of": str(original)}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output_dir / "metrics.json", json.dumps(marker, indent=2) + "\n")
+    marker = RunRecord(status=DUPLICATE, duplicate_of=str(original), seed=cfg.get("seed"), config_hash=config_hash(cfg))
+    record.write(output_dir, marker)
     log.info("same effective config as %s: not trained again (metrics.json points there)", original)
-    metrics_file = original / "metrics.json"
-    return {**json.loads(metrics_file.read_text()), **marker} if metrics_file.is_file() else marker
+    first = record.read(original)
+    return {**first.to_dict(), **marker.to_dict()} if first is not None else marker.to_dict()
 
 
 # ---- a failed job is a result; a rerun finishes the sweep ------------------------------------------------------
-JOBS_FILE = ".jobs.jsonl"
-"""File of the sweep directory with one line per job this invocation of the sweep ran: its directory, status and
-error (appended by each job, so it works with every launcher; emptied when the sweep starts)."""
-
-FINISHED, FAILED = "finished", "failed"
-
-
 def finished_metrics(cfg: Mapping[str, Any], output_dir: Path) -> dict[str, Any] | None:
     """The metrics of a job that finished earlier in `output_dir` with the same effective config, else None.
 
-    A metrics.json without `status` or `config_hash` (written before they existed) counts as finished when it
-    has `steps`; one of another config is a `ConfigError` (the sweep directory was reused for another sweep)."""
-    path = output_dir / "metrics.json"
-    if not path.is_file():
-        return None
-    metrics = json.loads(path.read_text())
-    if metrics.get("status", FINISHED if "steps" in metrics else None) != FINISHED:
+    A record without `config_hash` (written before it existed) counts as the same config; one of another config
+    is a `ConfigError` (the sweep directory was reused for another sweep)."""
+    earlier = record.read(output_dir)
+    if earlier is None or not earlier.finished:
         return None
     wanted = config_hash(cfg)
-    if metrics.get("config_hash", wanted) != wanted:
+    if (earlier.config_hash or wanted) != wanted:
         raise ConfigError(f"{output_dir} holds a finished job of another configuration; run this sweep in "
                           "another hydra.sweep.dir")
-    return metrics
+    return earlier.to_dict()
 
 
-def failure_metrics(cfg: Mapping[str, Any], err: Exception, step: int) -> dict[str, Any]:
+def failure_record(cfg: Mapping[str, Any], err: Exception, step: int) -> RunRecord:
     """What metrics.json of a failed job says: status, the error line, its type and the step reached."""
     error = " ".join(str(err).split()) or type(err).__name__
-    return {"status": FAILED, "error": error, "error_type": type(err).__name__, "step": step,
-            "config_hash": config_hash(cfg)}
+    return RunRecord(status=FAILED, error=error, error_type=type(err).__name__, step=step, seed=cfg.get("seed"),
+                     config_hash=config_hash(cfg), provenance=record.provenance())
 
 
-def write_failure(output_dir: Path, metrics: dict[str, Any]) -> None:
+def write_failure(output_dir: Path, failure: RunRecord) -> None:
     """Write a failed job's metrics.json, unless the directory holds a finished job's (which is kept)."""
-    path = output_dir / "metrics.json"
-    if path.is_file() and json.loads(path.read_text()).get("status") == FINISHED:
-        return
-    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+    earlier = record.read(output_dir)
+    if earlier is None or not earlier.finished:
+        record.write(output_dir, failure)
+
+
+JOBS_FILE = ".jobs.jsonl"
+"""File of the sweep directory with one line per job this invocation of the sweep ran: its directory, status and
+error (appended by each job, so it works with every launcher; emptied when the sweep starts)."""
 
 
 def report_job(sweep_dir: str | Path, output_dir: Path, metrics: Mapping[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""lnmt-compare on synthetic run directories: rows, differing overrides, duplicates, files, errors."""
+"""lnmt-compare on synthetic run directories: per-run rows (compare_runs.csv), differing overrides, duplicates,
+files, errors. Grouping by seed and the tests against a baseline: tests/test_compare_seeds.py."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_multirun_table_has_one_row_per_job_with_differing_overrides(sweep: Path, capsys) -> None:
-    main([str(sweep)])
-    rows = read_csv(sweep / "compare.csv")
+    main([str(sweep), "--runs"])
+    rows = read_csv(sweep / "compare_runs.csv")
     assert [r["run"] for r in rows] == ["sweep/0", "sweep/1", "sweep/2", "sweep/10", "sweep/11"]  # numeric order
     assert list(rows[0])[:3] == ["run", "model", "model.attention"]  # trainer.max_steps is the same everywhere
     first = rows[0]
@@ -60,15 +61,22 @@ def test_multirun_table_has_one_row_per_job_with_differing_overrides(sweep: Path
     assert rows[4]["val BLEU"] == "" and rows[4]["note"] == "failed at step 42: training diverged: the loss was NaN/inf"
     out = capsys.readouterr().out
     assert out == (sweep / "compare.md").read_text()
-    assert out.splitlines()[2].startswith("| sweep/0 | basic | dot | 9.00 | 8.50 |")
+    runs = out.split("## Runs\n\n")[1].splitlines()
+    assert runs[2].startswith("| sweep/0 | basic | dot |  | 9.00 | 8.50 |")  # no seed in these runs
     assert (sweep / "val_bleu.png").read_bytes()[:4] == b"\x89PNG"
+    # the duplicate joins the configuration of the job it points at; unfinished and failed jobs are counted
+    configs = read_csv(sweep / "compare.csv")
+    assert [(c["configuration"], c["seeds"], c["failed"]) for c in configs] == [
+        ("model=basic, model.attention=dot", "1", "0"), ("model=attention, model.attention=dot", "1", "0"),
+        ("model=attention, model.attention=general", "0", "0"), ("model=attention, model.attention=concat", "0", "1")]
+    assert configs[0]["test BLEU mean"] == "8.5000" and "sweep/1: duplicate of sweep/0" in configs[0]["note"]
 
 
 def test_several_directories_and_out(sweep: Path, tmp_path: Path) -> None:
     single = make_run(tmp_path / "runs" / "2026-01-01_10-00-00", ["model=transformer"], trained([40], 41))
     out = tmp_path / "report"
     main([str(single), str(sweep), "--out", str(out)])
-    rows = read_csv(out / "compare.csv")
+    rows = read_csv(out / "compare_runs.csv")
     assert [r["run"] for r in rows][:2] == ["2026-01-01_10-00-00", "sweep/0"]
     assert rows[0]["model"] == "transformer" and rows[0]["model.attention"] == ""
     assert "trainer.max_steps" in rows[0]  # set in the sweep, absent in the single run: it differs
@@ -105,8 +113,9 @@ def legends(monkeypatch) -> list[list[str]]:
 
 def test_val_bleu_lines_are_labelled_by_differing_overrides(sweep: Path, legends: list[list[str]]) -> None:
     main([str(sweep)])
-    # only the trained runs have curves; trainer.max_steps is the same everywhere, so it is not in the labels
-    assert legends == [["model=basic, model.attention=dot", "model=attention, model.attention=dot"]]
+    # only the trained configurations have curves; trainer.max_steps is the same everywhere, so it is not in the
+    # labels; the test BLEU figure has no legend (its configurations are its x axis)
+    assert legends == [["model=basic, model.attention=dot", "model=attention, model.attention=dot"], []]
 
 
 def test_legend_labels_name_variants_and_tell_equal_runs_apart(tmp_path: Path) -> None:

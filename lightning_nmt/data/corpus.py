@@ -19,6 +19,7 @@ raw references.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -81,6 +82,15 @@ def file_identity(path: Path) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise DataError(f"missing corpus file: {path}") from e
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def file_content(path: Path) -> dict[str, Any]:
+    """A file's name, size and sha256: its identity by content, wherever it lies (a run's data fingerprint)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return {"name": path.name, "size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def decode_lines(data: bytes, path: Path, first_line: int) -> list[str]:

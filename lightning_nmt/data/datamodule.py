@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from lightning_nmt.data.batching import TokenBatchSampler, make_eval_loader, make_loader
 from lightning_nmt.data.binarize import report
 from lightning_nmt.data.cache import Binarized, build_or_load
-from lightning_nmt.data.corpus import PairSource, ParallelText, read_all
+from lightning_nmt.data.corpus import PairSource, ParallelText, file_content, read_all
 from lightning_nmt.data.dataset import EncodedDataset
 from lightning_nmt.data.errors import DataError
 from lightning_nmt.data.formats import CorpusFormat, corpus_formats
@@ -116,6 +116,16 @@ class ParallelDataModule(L.LightningDataModule):
             self._inputs = self.format.sources(self.split_names, self.extra_tests, self.src_lang, self.tgt_lang,
                                                self.cache_dir)
         return self._inputs
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The corpus by content: per split its files' names, sizes and sha256 (`file_content`); an input without
+        files (a Hugging Face dataset) by its own fingerprint. Two runs with equal `splits` read the same data."""
+        splits = {}
+        for name, source in self._sources().items():
+            identity = source.fingerprint()
+            splits[name] = ([file_content(Path(f["path"])) for f in identity["files"]] if "files" in identity
+                            else identity)
+        return {"corpus": self.corpus, "src_lang": self.src_lang, "tgt_lang": self.tgt_lang, "splits": splits}
 
     # ------------------------------------------------------------------ Lightning hooks
 
