@@ -52,10 +52,31 @@ def test_train_writes_every_output(trained_run: Path) -> None:
     assert [h["step"] for h in metrics["val_history"]] == [6, 12]
     hyps = (trained_run / "test.hyp.txt").read_text().split("\n")
     assert len(hyps) == 41 and hyps[-1] == ""  # 40 lines, newline-terminated
+    refs = (trained_run / "test.ref.txt").read_text().split("\n")  # kept for lnmt-compare's tests
+    assert len(refs) == 41 and refs[0] and refs != hyps
     heatmaps = sorted(p.name for p in (trained_run / "attention").glob("*.png"))
     assert heatmaps == ["test_000.png", "test_001.png", "test_002.png"]
     assert (trained_run / "attention" / "test_000.png").read_bytes()[:4] == b"\x89PNG"
     assert (trained_run / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_the_run_record_says_what_produced_the_run(trained_run: Path) -> None:
+    import lightning
+
+    from lightning_nmt import record
+    from lightning_nmt.data.corpus import file_content
+
+    rec = record.read(trained_run)
+    assert rec.schema_version == record.SCHEMA_VERSION and rec.status == "finished" and rec.seed == 42
+    assert len(rec.config_hash) == 20 and rec.scoring["lowercase"] is False
+    prov = rec.provenance
+    assert (prov["torch"], prov["lightning"]) == (torch.__version__, lightning.__version__)
+    assert prov["cpu"] == record.cpu_model() and "cuda" in prov and len(prov.get("git_commit", "x" * 40)) == 40
+    # the data by content: each split's files, with sizes and sha256 that a copy of the corpus elsewhere shares
+    test_files = rec.data["splits"]["test"]
+    assert rec.data["corpus"] == "sample" and len(test_files) == 2
+    assert all(f == file_content(next(trained_run.parent.rglob(f["name"]))) for f in test_files)
 
 
 @pytest.mark.slow
