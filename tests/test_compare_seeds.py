@@ -8,6 +8,7 @@ import json
 import math
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,42 @@ def test_older_metrics_json_reads(tmp_path: Path) -> None:
             k: v for k, v in data.items() if k != "status"}
     rec = RunRecord.from_dict(finished)
     assert rec.split("test") == {"bleu": 4.0} and rec.best_val()["bleu"] == 5.0 and rec.wall_seconds == 12.5
+
+
+# ---- the HTML report, in a headless browser ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_html_report_opens_offline_with_its_tables_and_plots(sweep: Path, tmp_path: Path) -> None:
+    from tests.browser import DevTools, chromium_binary, start_chromium
+
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("no chromium binary found (apt-get install -y chromium)")
+    pytest.importorskip("websockets", reason="the browser test drives chromium over websockets: pip install websockets")
+    out = tmp_path / "report"
+    compare([sweep], out, baseline="model.attention=dot", trials=200)
+    page = (out / "compare.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing to fetch or run
+    browser, port = start_chromium(binary, tmp_path / "profile")
+    devtools = None
+    try:
+        devtools = DevTools.first_page(port)
+        devtools("Page.navigate", url=(out / "compare.html").as_uri())
+        devtools.wait_for("document.readyState === 'complete'")
+        rows = devtools.js("Array.from(document.querySelectorAll('#configurations tbody tr'))"
+                           ".map(r => Array.from(r.cells).map(c => c.textContent))")
+        assert [r[:3] for r in rows] == [["model.attention=dot", "3", "0"], ["model.attention=general", "3", "0"],
+                                         ["model.attention=concat", "3", "1"]]
+        tests = devtools.js("Array.from(document.querySelectorAll('#tests li')).map(li => li.textContent)")
+        assert len(tests) == 4 and tests[2].startswith("concat vs dot: +") and "3 seeds" in tests[2]
+        images = devtools.js("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        assert len(images) == 2 and all(done and w > 300 and h > 200 for done, w, h in images)  # both plots decoded
+        assert devtools.js("document.querySelectorAll('#runs tbody tr').length") == 10
+    finally:
+        if devtools is not None:
+            devtools.close()
+        browser.terminate()
+        try:
+            browser.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait(timeout=20)

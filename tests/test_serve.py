@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +31,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="lnmt-serve needs the [serve] ex
 from lightning_nmt.backends import Backend, Hypothesis, TorchBackend  # noqa: E402
 from lightning_nmt.models.search import DecodingConfig  # noqa: E402
 from lightning_nmt.serve import MAX_BODY_BYTES, Settings, create_app, main  # noqa: E402
+from tests.browser import DevTools, chromium_binary, start_chromium  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "tests" / "fixtures" / "checkpoints"
@@ -480,72 +480,6 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(translators):
 
 
 # ---- the page, in a headless browser -----------------------------------------------------------------------------
-
-def chromium_binary() -> str | None:
-    return next((found for name in ("chromium", "chromium-browser", "google-chrome", "chrome")
-                 if (found := shutil.which(name))), None)
-
-
-class DevTools:
-    """A minimal Chrome DevTools Protocol client over the page target's websocket."""
-
-    def __init__(self, ws_url: str) -> None:
-        from websockets.sync.client import connect
-
-        self.ws = connect(ws_url, max_size=None, open_timeout=30)
-        self.next_id = 0
-
-    def __call__(self, method: str, **params: Any) -> dict[str, Any]:
-        self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv(timeout=60))
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-
-    def js(self, expression: str) -> Any:
-        result = self("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while not (value := self.js(expression)):
-            assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
-            time.sleep(0.1)
-        return value
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-def start_chromium(binary: str, profile: Path) -> tuple[subprocess.Popen, int]:
-    """A headless chromium with a DevTools port (chosen by chromium: read from its stderr)."""
-    browser = subprocess.Popen(
-        [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--no-default-browser-check", "--disable-extensions", "--remote-debugging-address=127.0.0.1",
-         "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1100,1400", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    found: list[int] = []
-
-    def read() -> None:
-        for line in browser.stderr:
-            if match := re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line):
-                found.append(int(match.group(1)))
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 60
-    while not found:
-        if browser.poll() is not None or time.monotonic() > deadline:
-            browser.kill()
-            raise RuntimeError(f"chromium did not open its DevTools port (exit status {browser.poll()})")
-        time.sleep(0.05)
-    return browser, found[0]
-
-
 @pytest.mark.slow
 def test_page_translates_typed_text_and_draws_the_heatmap(serve, translators, tmp_path):
     binary = chromium_binary()
@@ -559,12 +493,7 @@ def test_page_translates_typed_text_and_draws_the_heatmap(serve, translators, tm
     browser, port = start_chromium(binary, tmp_path / "profile")
     devtools = None
     try:
-        deadline = time.monotonic() + 30
-        while not (pages := [t for t in json.loads(NO_PROXY.open(f"http://127.0.0.1:{port}/json/list",
-                                                                  timeout=10).read()) if t["type"] == "page"]):
-            assert time.monotonic() < deadline, "chromium has no page target"
-            time.sleep(0.1)
-        devtools = DevTools(pages[0]["webSocketDebuggerUrl"])
+        devtools = DevTools.first_page(port)
         devtools("Page.navigate", url=server.url + "/")
         devtools.wait_for("document.readyState === 'complete' && "
                           "document.getElementById('model').textContent.includes('attention model')")
