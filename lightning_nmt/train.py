@@ -12,7 +12,7 @@ from lightning_nmt.app import train
 from lightning_nmt.cli import run_cli
 from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.distributed import torchrun_rank_overrides
-from lightning_nmt.sweeps import FAILED
+from lightning_nmt.record import FAILED
 
 register_configs()
 

@@ -71,9 +71,12 @@ def test_skip_duplicate_writes_a_pointer_and_returns_the_original_metrics(tmp_pa
     assert skip_duplicate(cfg, first, runtime) is None
     first.mkdir()
     (first / "metrics.json").write_text(json.dumps({"val": {"bleu": 12.5}}))
-    result = skip_duplicate({"model": {"type": "basic", "attention": "concat"}}, second, runtime)
-    assert result == {"val": {"bleu": 12.5}, "duplicate_of": str(first.resolve())}
-    assert json.loads((second / "metrics.json").read_text()) == {"duplicate_of": str(first.resolve())}
+    duplicate = {"model": {"type": "basic", "attention": "concat"}}
+    result = skip_duplicate(duplicate, second, runtime)
+    assert result["val"] == {"bleu": 12.5} and result["duplicate_of"] == str(first.resolve())
+    marker = json.loads((second / "metrics.json").read_text())
+    assert marker == {"schema_version": 2, "status": "duplicate", "duplicate_of": str(first.resolve()),
+                      "config_hash": config_hash(duplicate)}
 
 
 def test_single_runs_are_never_deduplicated(tmp_path: Path) -> None:
