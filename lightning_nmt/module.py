@@ -91,8 +91,7 @@ class TranslationModule(L.LightningModule):
         self.guard.clip_and_check(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return configure_optimizers(self.parameters(), self.hparams.optim, self.hparams.scheduler,
-                                          self._trainer)
+        return configure_optimizers(self.parameters(), self.hparams.optim, self.hparams.scheduler, self._trainer)
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         """Lightning steps an epoch-interval plateau scheduler at every epoch end with the last logged val/bleu,

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_nmt import record
 from lightning_nmt.errors import ConfigError
-from lightning_nmt.models import MODEL_TYPES, model_keys
+from lightning_nmt.models import MODEL_TYPES
+from lightning_nmt.optim import OPTIMIZERS, SCHEDULES
 from lightning_nmt.record import DUPLICATE, FAILED, FINISHED, RunRecord
 
 log = logging.getLogger("lightning_nmt")
@@ -33,16 +35,24 @@ IGNORED_KEYS = ("paths", "logger", "task_name", "resume", "ckpt_path", "hydra")
 IGNORED_SUBKEYS = {"trainer": ("enable_progress_bar",), "data": ("cache_dir", "num_workers")}
 """Keys inside sections that change where or how fast, not what, a job trains."""
 
+CHOICES = {"model": ("type", MODEL_TYPES, ()), "optim": ("name", OPTIMIZERS, ("max_nonfinite_steps",)),
+           "scheduler": ("name", SCHEDULES, ())}
+"""Sections whose keys depend on a registered choice: the key naming it, the registry, the keys every choice reads."""
+
+
 def effective_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a resolved train config that decides the result: without paths, logger and resume keys,
-    and without the model keys the chosen model type does not read."""
+    and without the model, optimizer and schedule keys the chosen model type, optimizer and schedule do not read
+    (so a config written by an older version, with other unread keys, compares equal)."""
     eff = {k: _plain(cfg[k]) for k in cfg if k not in IGNORED_KEYS}
     for section, keys in IGNORED_SUBKEYS.items():
         if isinstance(eff.get(section), dict):
             eff[section] = {k: v for k, v in eff[section].items() if k not in keys}
-    model = dict(eff.get("model", {}))
-    if model.get("type") in MODEL_TYPES:
-        eff["model"] = {k: model.get(k) for k in ["type", *model_keys(model["type"])]}
+    for section, (name_key, table, common) in CHOICES.items():
+        chosen = dict(eff.get(section) or {})
+        if chosen.get(name_key) in table:
+            read = [f.name for f in fields(table[chosen[name_key]])]
+            eff[section] = {k: chosen.get(k) for k in [name_key, *read, *common]}
     return eff
 
 
@@ -119,7 +129,8 @@ def skip_duplicate(cfg: Mapping[str, Any], output_dir: Path, runtime: Mapping[st
     record.write(output_dir, marker)
     log.info("same effective config as %s: not trained again (metrics.json points there)", original)
     first = record.read(original)
-    return {**first.to_dict(), **marker.to_dict()} if first is not None else marker.to_dict()
+    # the original's outcome (its status too: a duplicate of a failed job is a failed trial) and where it lies
+    return {**first.to_dict(), "duplicate_of": str(original)} if first is not None else marker.to_dict()
 
 
 # ---- a failed job is a result; a rerun finishes the sweep ------------------------------------------------------

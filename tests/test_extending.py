@@ -1,6 +1,7 @@
 """docs/extending.md's worked examples, run as they are written there: a score that overrides `forward`
-(sparsemax), a model type and a corpus format (JSON Lines). In process with the registries restored afterwards;
-with `-m slow`, as `lnmt-train` runs in a copy of the source tree with just the doc's files added."""
+(sparsemax), a model type, a corpus format (JSON Lines), an optimizer (NAdam) and a schedule (cosine with warm-up).
+In process with the registries restored afterwards; with `-m slow`, as `lnmt-train` runs in a copy of the source
+tree with just the doc's files added."""
 
 from __future__ import annotations
 
@@ -10,18 +11,22 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from lightning_nmt.data import DataError, ParallelDataModule
 from lightning_nmt.data.formats import CORPORA
 from lightning_nmt.data.sample import generate_pairs
+from lightning_nmt.errors import ConfigError
 from lightning_nmt.models import MODEL_TYPES, build_model, model_keys, search
 from lightning_nmt.models.attention import ATTENTIONS
+from lightning_nmt.optim import OPTIMIZERS, SCHEDULES, configure_optimizers, make_optimizer
 from tests.test_models_build import SMALL, make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +37,11 @@ FILES = {next(line[2:] for line in code.splitlines() if re.fullmatch(r"# [\w/]+\
 
 
 def test_the_doc_adds_one_module_and_one_config_file_per_extension() -> None:
-    assert sorted(FILES) == ["conf/data/jsonl.yaml", "conf/model/bag_of_words.yaml",
-                             "conf/variant/attention_sparsemax.yaml", "lightning_nmt/data/jsonl.py",
-                             "lightning_nmt/models/bag_of_words.py", "lightning_nmt/models/sparsemax.py"]
+    assert sorted(FILES) == ["conf/data/jsonl.yaml", "conf/model/bag_of_words.yaml", "conf/optim/nadam.yaml",
+                             "conf/scheduler/cosine.yaml", "conf/variant/attention_sparsemax.yaml",
+                             "lightning_nmt/data/jsonl.py", "lightning_nmt/models/bag_of_words.py",
+                             "lightning_nmt/models/sparsemax.py", "lightning_nmt/optim/cosine.py",
+                             "lightning_nmt/optim/nadam.py"]
 
 
 @pytest.fixture
@@ -44,6 +51,8 @@ def registries(monkeypatch):
     monkeypatch.setattr("lightning_nmt.data.formats.CORPORA", dict(CORPORA))
     yield
     MODEL_TYPES.pop("bag_of_words", None)
+    OPTIMIZERS.pop("nadam", None)
+    SCHEDULES.pop("cosine", None)
 
 
 def run_module(path: str) -> dict:
@@ -92,6 +101,49 @@ def test_model_type_from_the_docs_builds_trains_and_decodes(registries):
     train_step_and_decode(build_model(values, 20, 20))
 
 
+def test_optimizer_from_the_docs_builds_checks_and_steps(registries):
+    namespace = run_module("lightning_nmt/optim/nadam.py")
+    values = yaml.safe_load(FILES["conf/optim/nadam.yaml"])
+    assert OPTIMIZERS["nadam"] is namespace["NAdamOptions"]
+    assert {option.name for option in fields(OPTIMIZERS["nadam"])} == set(values) - {"name"}
+    model = torch.nn.Linear(4, 3)
+    optimizer = make_optimizer(model.parameters(), values)
+    assert type(optimizer) is torch.optim.NAdam and optimizer.defaults["momentum_decay"] == 0.004
+    before = model.weight.detach().clone()
+    model(torch.randn(2, 4)).square().sum().backward()
+    optimizer.step()
+    assert not torch.equal(model.weight, before)
+    with pytest.raises(ConfigError, match=r"^optim.momentum_decay must not be negative, got -1$"):
+        make_optimizer(model.parameters(), {**values, "momentum_decay": -1})
+    with pytest.raises(ConfigError, match=r"^optim.betas must be in \[0, 1\), got \[0.9, 1.0\]$"):
+        make_optimizer(model.parameters(), {**values, "betas": [0.9, 1.0]})
+
+
+def test_schedule_from_the_docs_warms_up_then_decays_along_the_cosine(registries):
+    """warmup_steps 10 and total_steps trainer.max_steps (110): lr/10 ... lr over the first ten updates, lr at the
+    end of the warm-up, half-way down to min_lr_ratio * lr at step 60, min_lr_ratio * lr from step 110 on."""
+    namespace = run_module("lightning_nmt/optim/cosine.py")
+    assert SCHEDULES["cosine"] is namespace["CosineOptions"]
+    scheduler = yaml.safe_load(FILES["conf/scheduler/cosine.yaml"])
+    cfg = OmegaConf.create({"trainer": {"max_steps": 110}, "scheduler": scheduler})
+    cfg.scheduler.warmup_steps = 10
+    param = torch.nn.Parameter(torch.zeros(1))
+    configured = configure_optimizers([param], {"name": "sgd", "lr": 2.0}, cfg.scheduler, None)
+    optimizer, entry = configured["optimizer"], configured["lr_scheduler"]
+    assert entry["interval"] == "step"
+    lrs = []
+    for _ in range(120):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        entry["scheduler"].step()
+    expected = {0: 0.2, 4: 1.0, 9: 2.0, 10: 2.0, 60: 0.2 + 1.8 / 2, 110: 0.2, 119: 0.2}
+    assert {step: lrs[step] for step in expected} == pytest.approx(expected)
+    assert lrs[10:111] == sorted(lrs[10:111], reverse=True)
+    cfg.trainer.max_steps = 5
+    with pytest.raises(ConfigError, match=r"^scheduler.total_steps must exceed scheduler.warmup_steps \(10\), got 5$"):
+        configure_optimizers([param], {"name": "sgd"}, cfg.scheduler, None)
+
+
 def write_jsonl(path: Path, pairs: list[tuple[str, str]]) -> str:
     path.write_text("".join(json.dumps({"en": en, "fr": fr}, ensure_ascii=False) + "\n" for en, fr in pairs))
     return str(path)
@@ -116,8 +168,8 @@ def test_jsonl_format_from_the_docs_reads_validates_and_batches(registries, tmp_
 
 @pytest.mark.slow
 def test_the_doc_files_alone_extend_lnmt_train(tmp_path):
-    """A copy of the package and conf/ with the doc's six files added, nothing else edited: `lnmt-train` trains
-    `model=bag_of_words` and `+variant=attention_sparsemax` on `data=jsonl`."""
+    """A copy of the package and conf/ with the doc's files added, nothing else edited: `lnmt-train` trains
+    `model=bag_of_words` with `optim=nadam scheduler=cosine`, and `+variant=attention_sparsemax`, on `data=jsonl`."""
     src = tmp_path / "src"
     shutil.copytree(ROOT / "lightning_nmt", src / "lightning_nmt", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "conf", src / "conf")
@@ -131,7 +183,7 @@ def test_the_doc_files_alone_extend_lnmt_train(tmp_path):
               "decoding.beam_size=2", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
               "trainer.enable_progress_bar=false"]
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    for name, extra in (("bow", ["model=bag_of_words"]),
+    for name, extra in (("bow", ["model=bag_of_words", "optim=nadam", "scheduler=cosine", "scheduler.warmup_steps=2"]),
                         ("sparsemax", ["+variant=attention_sparsemax", "model.embedding_dim=32",
                                        "model.encoder_hidden=32", "model.decoder_hidden=32"])):
         run = tmp_path / name
@@ -141,3 +193,6 @@ def test_the_doc_files_alone_extend_lnmt_train(tmp_path):
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["status"] == "finished" and metrics["steps"] == 4, metrics
     assert sorted(p.name for p in (tmp_path / "sparsemax" / "attention").glob("*.png"))  # its heatmaps were drawn
+    last = torch.load(tmp_path / "bow" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert list(last["optimizer_states"][0]["state"].values())[0]["mu_product"] < 1  # NAdam's own state
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.1 * 0.002)  # the cosine's end

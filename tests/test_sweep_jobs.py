@@ -28,6 +28,7 @@ from lightning_nmt.cli import quiet_warnings
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.errors import ConfigError
 from lightning_nmt.module import TranslationModule
+from lightning_nmt.record import RunRecord
 from lightning_nmt.sweeps import JOBS_FILE, finished_metrics, sweep_summary, write_failure
 from tests.conftest import ROOT
 from tests.test_faults import config, nan_loss_from
@@ -140,8 +141,12 @@ def test_a_finished_job_is_read_back_not_trained_again(tmp_path, cache, monkeypa
 def test_finished_metrics_reads_old_files_and_ignores_failed_ones(tmp_path):
     cfg = {"model": {"type": "basic"}, "seed": 1}
     (tmp_path / "metrics.json").write_text(json.dumps({"steps": 10, "val": {"bleu": 3.0}}))  # no status, no hash
-    assert finished_metrics(cfg, tmp_path) == {"steps": 10, "val": {"bleu": 3.0}}
-    write_failure(tmp_path, {"status": "failed", "error": "x"})
+    assert finished_metrics(cfg, tmp_path) == {"schema_version": 1, "status": "finished", "steps": 10,
+                                               "val": {"bleu": 3.0}}
+    write_failure(tmp_path, RunRecord(status="failed", error="x"))  # a finished job's file is kept, even an old one
+    assert finished_metrics(cfg, tmp_path)["steps"] == 10
+    (tmp_path / "metrics.json").unlink()
+    write_failure(tmp_path, RunRecord(status="failed", error="x"))
     assert finished_metrics(cfg, tmp_path) is None
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "finished", "config_hash": "0" * 20}))
     with pytest.raises(ConfigError, match="another configuration"):
