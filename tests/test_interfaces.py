@@ -14,6 +14,7 @@ import pytest
 from lightning_nmt import tokens
 from lightning_nmt.models.base import EncoderOutput
 from lightning_nmt.models.search import SearchResult
+from lightning_nmt.record import RunRecord
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "interfaces.md").read_text()
 SIGNATURES = re.findall(r"`(lightning_nmt\.[\w.]+)\(([^`]*)\)`", DOC.replace("\n  ", " "))
@@ -55,6 +56,6 @@ def test_documented_signature_is_the_codes(dotted: str, params: str) -> None:
 def test_token_ids_and_fields_are_the_codes() -> None:
     for name in ("PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID"):
         assert f"`{name}={getattr(tokens, name)}`" in DOC
-    for cls in (EncoderOutput, SearchResult):
+    for cls in (EncoderOutput, SearchResult, RunRecord):
         names = ", ".join(f"`{f.name}`" for f in dataclasses.fields(cls))
         assert f"fields {names}" in DOC.replace("\n  ", " ").replace("\n", " "), cls.__name__
