@@ -264,6 +264,7 @@ class Configuration:
     left_out: list[tuple[Run, str]] = field(default_factory=list)
     label: str = ""
     short: str = ""
+    keys: list[str] = field(default_factory=list)  # the keys that label the configurations compared
 
     def values(self, split: str, key: str) -> list[float]:
         return [v for run in self.seeds if (v := run.record.split(split).get(key)) is not None]
@@ -306,21 +307,32 @@ def group(runs: Sequence[Run]) -> list[Configuration]:
 
 
 def name_configurations(configs: Sequence[Configuration]) -> None:
-    """Label each configuration by the keys whose values differ between them (`model.attention=dot`); `short` is
-    the values alone (`attention, dot`)."""
+    """Label each configuration by the keys that tell them apart (`model.attention=dot`); `short` is the values
+    alone (`attention, dot`). A key counts where the configurations that have it disagree on it (`model.attention`
+    among the attention models; not `model.input_feeding`, which only the basic model lacks), or where the labels
+    would otherwise be equal."""
     keys: list[str] = []
     for c in configs:
         keys += [k for k in c.config if k not in keys]
-    differing = [k for k in keys if len({json.dumps(c.config.get(k), default=str) for c in configs}) > 1]
+
+    def values(k: str, present_only: bool) -> set[str]:
+        return {json.dumps(c.config.get(k), default=str) for c in configs if not present_only or k in c.config}
+
+    differing = [k for k in keys if len(values(k, True)) > 1]
+    labels = [tuple((k, c.config[k]) for k in differing if k in c.config) for c in configs]
+    if len(set(labels)) < len(labels):
+        differing = [k for k in keys if len(values(k, False)) > 1]
     for i, c in enumerate(configs):
+        c.keys = differing
         shown = [k for k in differing if k in c.config]
         c.label = ", ".join(f"{k}={c.config[k]}" for k in shown) or f"configuration {i + 1}"
         c.short = ", ".join(str(c.config[k]) for k in shown) or c.label
 
 
 def pair_name(config: Configuration, baseline: Configuration) -> tuple[str, str]:
-    """The two sides of a comparison named by the values of the keys that differ between them only."""
-    keys = [k for k in {**config.config, **baseline.config} if config.config.get(k) != baseline.config.get(k)]
+    """The two sides of a comparison named by the values of the labelling keys on which they differ
+    (`general vs dot`; `attention, dot vs basic`)."""
+    keys = [k for k in config.keys if config.config.get(k) != baseline.config.get(k)]
 
     def name(c: Configuration) -> str:
         return ", ".join(str(c.config[k]) for k in keys if k in c.config) or c.short
