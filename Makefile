@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q "$(TORCH)" $(TORCH_PIP_ARGS)
-	$(VENV)/bin/python -m pip install -q -e '.[dev,sweeps,hf,serve]'
+	$(VENV)/bin/python -m pip install -q -e '.[dev,sweeps,hf,serve,mlflow]'
 	touch $@
 
 # The declared floors of pyproject.toml (lightning, torchmetrics), with torch $(TORCH): a second venv and a subset

@@ -7,9 +7,10 @@ file), a wrong type or an unknown enum value is a clear error before anything ru
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from dataclasses import MISSING as MISSING_FIELD
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
@@ -25,6 +26,7 @@ from lightning_nmt.errors import ConfigError
 from lightning_nmt.metrics import VAL_METRICS
 from lightning_nmt.models import MODEL_TYPES, model_options
 from lightning_nmt.models.search import DecodingConfig
+from lightning_nmt.optim import OPTIMIZERS, SCHEDULES, optimizer_options, schedule_options
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 """The `conf/` directory of the source tree (an absolute path, so console scripts find it)."""
@@ -39,22 +41,13 @@ TokenizerType = Enum("TokenizerType", {name: name for name in TOKENIZER_TYPES}, 
 
 
 class LoggerType(str, Enum):
-    none = "none"
+    """The loggers a run writes to, any number at once: `logger=csv`, `logger='[csv,wandb]'`, `logger=many` (all
+    four), `logger=none`; each has its keys under its name (`logger.wandb.project`)."""
+
     csv = "csv"
     tensorboard = "tensorboard"
     wandb = "wandb"
-
-
-class OptimizerName(str, Enum):
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
-
-
-class SchedulerName(str, Enum):
-    none = "none"
-    plateau = "plateau"
-    inverse_sqrt = "inverse_sqrt"
+    mlflow = "mlflow"
 
 
 class Resume(str, Enum):
@@ -130,22 +123,33 @@ def _model_config() -> type:
 ModelConfig = _model_config()
 
 
-@dataclass
-class OptimConfig:
-    name: OptimizerName = OptimizerName.adam
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    max_nonfinite_steps: int = 5  # consecutive steps with a NaN/inf loss or gradient norm (skipped) before a stop
+OptimizerName = Enum("OptimizerName", {name: name for name in OPTIMIZERS}, type=str)
+"""`optim.name` values: the registered optimizers (`lightning_nmt.optim.OPTIMIZERS`)."""
+SchedulerName = Enum("SchedulerName", {name: name for name in SCHEDULES}, type=str)
+"""`scheduler.name` values: the registered schedules (`lightning_nmt.optim.SCHEDULES`)."""
 
 
-@dataclass
-class SchedulerConfig:
-    name: SchedulerName = SchedulerName.none
-    warmup_steps: int = 4000  # inverse_sqrt: linear warm-up, then lr * sqrt(warmup / step)
-    factor: float = 0.5  # plateau: multiply lr by this when val BLEU stalls
-    patience: int = 2  # plateau: validations without improvement before reducing
-    min_lr: float = 1e-6
+def _options_config(schema: str, table: dict[str, type], names: type[Enum], common: list[tuple[str, Any, Any]]) -> type:
+    """The schema of the `optim:` or `scheduler:` group: `name` (a registered entry), the keys `common` lists, then
+    every key some entry reads (the fields of its options), each optional: None is the chosen entry's default and a
+    key it does not read is ignored, so `optim.name=sgd` composes over conf/optim/adam.yaml. Values live in
+    conf/optim/<name>.yaml and conf/scheduler/<name>.yaml."""
+    keys: dict[str, Any] = {}
+    for options in table.values():
+        hints = get_type_hints(options)
+        for option in fields(options):
+            if keys.setdefault(option.name, hints[option.name]) != hints[option.name]:
+                raise TypeError(f"{schema}: {option.name} is declared twice with different types")
+    return make_dataclass(schema, [("name", names, MISSING), *common,
+                                   *((key, Optional[kind], None) for key, kind in keys.items())])  # noqa: UP045
+
+
+OptimConfig = _options_config("OptimConfig", OPTIMIZERS, OptimizerName, [
+    ("max_nonfinite_steps", int, 5),  # consecutive steps with a NaN/inf loss or gradient norm (skipped) before a stop
+])
+"""`optim:`, the optimizer (`lightning_nmt.optim`) and the non-finite guard's limit (`lightning_nmt.guard`)."""
+SchedulerConfig = _options_config("SchedulerConfig", SCHEDULES, SchedulerName, [])
+"""`scheduler:`, the learning-rate schedule (`lightning_nmt.optim`)."""
 
 
 @dataclass
@@ -175,15 +179,100 @@ class TrainerConfig:
 
 
 @dataclass
-class LoggerConfig:
-    type: LoggerType = LoggerType.csv
+class CSVLoggerConfig:
+    """`logger.csv`: metrics in <run dir>/csv/metrics.csv (a resumed run keeps the rows before its checkpoint)."""
+
+    enabled: bool = False  # conf/logger/csv.yaml (logger=csv) sets it, as each logger's file does
+    flush_logs_every_n_steps: int = 100
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    """`logger.tensorboard`: event files in <run dir>/tensorboard/ (`tensorboard --logdir outputs/`)."""
+
+    enabled: bool = False
+    default_hp_metric: bool = False  # true: Lightning's placeholder `hp_metric` scalar beside the hyperparameters
+
+
+@dataclass
+class WandbLoggerConfig:
+    """`logger.wandb`: one Weights & Biases run per job (offline without credentials)."""
+
+    enabled: bool = False
     project: str = "lightning-nmt"
     entity: str | None = None
-    group: str | None = None
-    name: str | None = None
-    tags: list[str] = field(default_factory=list)
+    group: str | None = None  # None: <task_name>:<the configuration's overrides but the seed> (`lightning_nmt.loggers`)
+    name: str | None = None  # None: the swept overrides
+    tags: list[str] = field(default_factory=list)  # beside the seed, the sweep and the job's overrides
     offline: bool = False
     log_model: bool = False
+
+
+@dataclass
+class MLflowLoggerConfig:
+    """`logger.mlflow`: one MLflow run per job (Lightning's `MLFlowLogger`)."""
+
+    enabled: bool = False
+    tracking_uri: str | None = None  # None: sqlite:///<sweep dir, or run dir>/mlflow.db; or http://HOST:PORT
+    experiment_name: str | None = None  # None: task_name
+    run_name: str | None = None  # None: the swept overrides
+    tags: dict[str, str] = field(default_factory=dict)  # beside seed, sweep and group
+    log_model: bool = False  # true: the best checkpoint as an artifact at the end
+
+
+LOGGER_SECTIONS = {LoggerType.csv: CSVLoggerConfig, LoggerType.tensorboard: TensorBoardLoggerConfig,
+                   LoggerType.wandb: WandbLoggerConfig, LoggerType.mlflow: MLflowLoggerConfig}
+"""The schema of each logger's section, `logger.<name>`."""
+
+RETIRED_LOGGER_KEYS = {"project": "wandb.project", "entity": "wandb.entity", "group": "wandb.group",
+                       "name": "wandb.name", "tags": "wandb.tags", "offline": "wandb.offline",
+                       "log_model": "wandb.log_model"}
+"""The flat `logger.*` keys of the single-logger days (and `logger.type`), with their new place."""
+
+
+@dataclass
+class LoggerConfig:
+    """`logger:` one section per logger; the run writes to those enabled, which `logger=<name>`,
+    `logger='[csv,wandb]'` or `logger=many` choose (`logger=none`: no logger)."""
+
+    csv: CSVLoggerConfig = field(default_factory=CSVLoggerConfig)
+    tensorboard: TensorBoardLoggerConfig = field(default_factory=TensorBoardLoggerConfig)
+    wandb: WandbLoggerConfig = field(default_factory=WandbLoggerConfig)
+    mlflow: MLflowLoggerConfig = field(default_factory=MLflowLoggerConfig)
+    # retired keys, accepted only to say their new spelling (`check_logger`)
+    type: Any = None
+    project: Any = None
+    entity: Any = None
+    group: Any = None
+    name: Any = None
+    tags: Any = None
+    offline: Any = None
+    log_model: Any = None
+
+
+def enabled_loggers(logger: Any) -> list[LoggerType]:
+    """The loggers a run writes to, in `LoggerType` order."""
+    return [kind for kind in LoggerType if logger[kind.value].enabled]
+
+
+def check_logger(logger: Any) -> None:
+    """One-line `ConfigError`s: a retired flat key (`logger.type`, `logger.project`, ...) says its new spelling; a
+    key set for a logger not chosen (`logger.wandb.project=x` without `logger=wandb`) says how to choose it;
+    `logger=mlflow` without the mlflow package says how to install it."""
+    moved = [f"logger.{key} is now logger.{new}" for key, new in RETIRED_LOGGER_KEYS.items()
+             if logger.get(key) is not None]
+    if logger.get("type") is not None:
+        moved.insert(0, f"logger.type is gone: choose loggers with logger={logger.type} or logger='[csv,wandb]'")
+    if moved:
+        raise ConfigError("; ".join(moved))
+    for kind, schema in LOGGER_SECTIONS.items():
+        section = logger[kind.value]
+        changed = [key for key, default in asdict(schema()).items() if section[key] != default]
+        if changed and not section.enabled:
+            raise ConfigError(f"logger.{kind.value}.{changed[0]} is set but {kind.value} is not a chosen logger: "
+                              f"add logger={kind.value} (several: logger='[csv,{kind.value}]')")
+    if logger.mlflow.enabled and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("logger=mlflow needs the mlflow package: pip install -e '.[mlflow]'")
 
 
 @dataclass
@@ -274,19 +363,12 @@ class TranslateConfig:
 
 def check_values(cfg: Any) -> None:
     """Ranges the schema's types cannot say, checked before any data is read: a `model.*` value no model can have
-    (`ModelOptions.check`), a `decoding.*` value no search can use (`DecodingConfig.check`), an optimizer,
-    scheduler or label smoothing value out of range, a callback monitoring what validation does not log.
+    (`ModelOptions.check`), a `decoding.*` value no search can use (`DecodingConfig.check`), an `optim.*` or
+    `scheduler.*` value the chosen optimizer or schedule refuses (`OptimizerOptions.check`, `ScheduleOptions.check`),
+    a label smoothing value out of range, a callback monitoring what validation does not log.
     One-line `ConfigError` naming the key."""
     rules = [
-        ("optim.lr", cfg.optim.lr, cfg.optim.lr > 0, "must be positive"),
-        ("optim.weight_decay", cfg.optim.weight_decay, cfg.optim.weight_decay >= 0, "must not be negative"),
-        ("optim.betas", list(cfg.optim.betas), all(0 <= b < 1 for b in cfg.optim.betas), "must be in [0, 1)"),
-        ("scheduler.warmup_steps", cfg.scheduler.warmup_steps, cfg.scheduler.warmup_steps >= 0,
-         "must not be negative"),
-        ("scheduler.factor", cfg.scheduler.factor, 0 < cfg.scheduler.factor < 1, "must be in (0, 1)"),
         ("label_smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1, "must be in [0, 1)"),
-        ("scheduler.patience", cfg.scheduler.patience, cfg.scheduler.patience >= 0, "must not be negative"),
-        ("scheduler.min_lr", cfg.scheduler.min_lr, cfg.scheduler.min_lr >= 0, "must not be negative"),
         ("optim.max_nonfinite_steps", cfg.optim.max_nonfinite_steps, cfg.optim.max_nonfinite_steps >= 0,
          "must not be negative"),
         ("callbacks.early_stopping.patience", cfg.callbacks.early_stopping.patience,
@@ -295,6 +377,8 @@ def check_values(cfg: Any) -> None:
     for key, value, ok, rule in rules:
         if not ok:
             raise ConfigError(f"{key} {rule}, got {value}")
+    optimizer_options(cfg.optim).check()
+    schedule_options(cfg.scheduler).check()
     monitors = [f"val/{name}" for name in VAL_METRICS] + ["train/loss"]
     checked = ["model_checkpoint"] + (["early_stopping"] if cfg.callbacks.early_stopping.enabled else [])
     for key in checked:
@@ -306,6 +390,7 @@ def check_values(cfg: Any) -> None:
             raise ConfigError(f"callbacks.{key}.mode must be min or max, got {callback.mode!r}")
     if cfg.model.get("share_embeddings") and not cfg.data.tokenizer.joint:
         raise ConfigError("model.share_embeddings needs one vocabulary for both sides (data.tokenizer.joint=true)")
+    check_logger(cfg.logger)
     try:
         model_options(cfg.model).check()
         DecodingConfig.from_dict(dict(cfg.decoding)).check()

@@ -71,7 +71,7 @@ def plot_intervals(points: dict[str, tuple[Sequence[float], tuple[float, float] 
     """One column per configuration: each seed's value as a dot, their mean as a bar with its 95% interval
     (`points[name] = (values, (low, high) or None)`)."""
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(points) + 2), 4.5))
-    for x, (name, (values, interval)) in enumerate(points.items()):
+    for x, (values, interval) in enumerate(points.values()):
         mean = sum(values) / len(values)
         ax.bar(x, mean, width=0.6, alpha=0.35)
         if interval is not None:

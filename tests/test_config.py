@@ -27,7 +27,7 @@ def test_every_registered_choice_has_its_config_file_and_every_file_a_registered
     assert set(corpora.values()) == set(corpus_formats())
     assert set(corpus_formats()) <= set(GROUPS["data"])
     assert GROUPS["model"] == sorted(MODEL_TYPES)
-    assert GROUPS["logger"] == sorted(kind.value for kind in LoggerType)
+    assert GROUPS["logger"] == sorted([*(kind.value for kind in LoggerType), "many", "none"])
     assert {"cpu", "gpu", "ddp", "ddp_cpu", "ddp_spawn", "fsdp"} <= set(GROUPS["trainer"])
 
 
@@ -38,7 +38,8 @@ def _check_combinations(data: str, combos: list[tuple[str, str, str]], tmp_path)
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True)
         assert container["model"]["type"] == model
         assert container["data"]["corpus"] == {"wmt14_en_de": "hf"}.get(data, data)
-        assert container["logger"]["type"] == logger
+        chosen = {"many": [kind.value for kind in LoggerType], "none": []}.get(logger, [logger])
+        assert [kind.value for kind in LoggerType if container["logger"][kind.value]["enabled"]] == chosen
         assert container["data"]["cache_dir"] == str(tmp_path / "cache")
 
 

@@ -42,6 +42,7 @@ def records(path: Path) -> Iterator[pb.Record]:
 class OfflineRun:
     run_id: str = ""
     group: str = ""
+    job_type: str = ""
     name: str = ""
     tags: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +62,7 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id, run.group, run.name = record.run.run_id, record.run.run_group, record.run.display_name
+            run.job_type = record.run.job_type
             run.tags = list(record.run.tags)
         elif kind == "config":
             run.config.update({_key(i): json.loads(i.value_json) for i in record.config.update})
