@@ -9,6 +9,8 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,22 @@ def start_chromium(binary: str, profile: Path) -> tuple[subprocess.Popen, int]:
             raise RuntimeError(f"chromium did not open its DevTools port (exit status {browser.poll()})")
         time.sleep(0.05)
     return browser, found[0]
+
+
+@contextmanager
+def headless_page(binary: str, profile: Path) -> Iterator[DevTools]:
+    """A headless chromium's first page, closed (and the browser stopped) on leaving."""
+    browser, port = start_chromium(binary, profile)
+    devtools = None
+    try:
+        devtools = DevTools.first_page(port)
+        yield devtools
+    finally:
+        if devtools is not None:
+            devtools.close()
+        browser.terminate()
+        try:
+            browser.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            browser.wait(timeout=20)

@@ -8,7 +8,6 @@ import json
 import math
 import random
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -298,7 +297,7 @@ def test_older_metrics_json_reads(tmp_path: Path) -> None:
 # ---- the HTML report, in a headless browser ----------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_html_report_opens_offline_with_its_tables_and_plots(sweep: Path, tmp_path: Path) -> None:
-    from tests.browser import DevTools, chromium_binary, start_chromium
+    from tests.browser import chromium_binary, headless_page
 
     binary = chromium_binary()
     if binary is None:
@@ -308,10 +307,7 @@ def test_the_html_report_opens_offline_with_its_tables_and_plots(sweep: Path, tm
     compare([sweep], out, baseline="model.attention=dot", trials=200)
     page = (out / "compare.html").read_text()
     assert "http://" not in page and "https://" not in page and "<script" not in page  # nothing to fetch or run
-    browser, port = start_chromium(binary, tmp_path / "profile")
-    devtools = None
-    try:
-        devtools = DevTools.first_page(port)
+    with headless_page(binary, tmp_path / "profile") as devtools:
         devtools("Page.navigate", url=(out / "compare.html").as_uri())
         devtools.wait_for("document.readyState === 'complete'")
         rows = devtools.js("Array.from(document.querySelectorAll('#configurations tbody tr'))"
@@ -323,12 +319,3 @@ def test_the_html_report_opens_offline_with_its_tables_and_plots(sweep: Path, tm
         images = devtools.js("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
         assert len(images) == 2 and all(done and w > 300 and h > 200 for done, w, h in images)  # both plots decoded
         assert devtools.js("document.querySelectorAll('#runs tbody tr').length") == 10
-    finally:
-        if devtools is not None:
-            devtools.close()
-        browser.terminate()
-        try:
-            browser.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-            browser.wait(timeout=20)

@@ -31,7 +31,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="lnmt-serve needs the [serve] ex
 from lightning_nmt.backends import Backend, Hypothesis, TorchBackend  # noqa: E402
 from lightning_nmt.models.search import DecodingConfig  # noqa: E402
 from lightning_nmt.serve import MAX_BODY_BYTES, Settings, create_app, main  # noqa: E402
-from tests.browser import DevTools, chromium_binary, start_chromium  # noqa: E402
+from tests.browser import chromium_binary, headless_page  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "tests" / "fixtures" / "checkpoints"
@@ -490,10 +490,7 @@ def test_page_translates_typed_text_and_draws_the_heatmap(serve, translators, tm
 
     server = serve("attention")
     sentence = LINES[2]
-    browser, port = start_chromium(binary, tmp_path / "profile")
-    devtools = None
-    try:
-        devtools = DevTools.first_page(port)
+    with headless_page(binary, tmp_path / "profile") as devtools:
         devtools("Page.navigate", url=server.url + "/")
         devtools.wait_for("document.readyState === 'complete' && "
                           "document.getElementById('model').textContent.includes('attention model')")
@@ -527,12 +524,3 @@ def test_page_translates_typed_text_and_draws_the_heatmap(serve, translators, tm
         assert colourful > cells * 100, f"no heatmap in the screenshot: {colourful} coloured pixels"
         if os.environ.get("LNMT_SCREENSHOT"):
             Path(os.environ["LNMT_SCREENSHOT"]).write_bytes(base64.b64decode(shot))
-    finally:
-        if devtools is not None:
-            devtools.close()
-        browser.terminate()
-        try:
-            browser.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-            browser.wait(timeout=20)
