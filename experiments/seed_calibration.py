@@ -15,7 +15,7 @@ from itertools import combinations
 from pathlib import Path
 
 from lightning_nmt import significance
-from lightning_nmt.compare import Configuration, StatsCache, group, load_runs, test_against
+from lightning_nmt.compare import Configuration, StatsCache, group, load_runs, against_baseline
 
 
 def splits(n: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -46,7 +46,7 @@ def main() -> None:
         for a, b in all_splits:
             base = Configuration(configs[0].config, [seeds[i] for i in a], label="A", short="A")
             other = Configuration(configs[0].config, [seeds[i] for i in b], label="B", short="B")
-            result = test_against(other, base, metric, stats, args.trials)
+            result = against_baseline(other, base, metric, stats, args.trials)
             significant += result.p < 0.05
             spread += result.within_spread
             print(f"  {metric} seeds {[seeds[i].seed for i in b]} vs {[seeds[i].seed for i in a]}: "

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -71,13 +72,6 @@ class Run:
     seed: int | None = None
     test_files: tuple[Path, Path] | None = None
     lowercase: bool = False
-
-    @property
-    def metrics(self) -> dict[str, Any] | None:
-        return self.record.to_dict() if self.record else None
-
-    def best_val(self) -> dict[str, float]:
-        return self.record.best_val() if self.record else {}
 
     @property
     def finished(self) -> bool:
@@ -449,7 +443,7 @@ def _references(run: Run) -> str:
     return run.test_files[1].read_text(encoding="utf-8")
 
 
-def test_against(config: Configuration, baseline: Configuration, metric: str, stats: StatsCache,
+def against_baseline(config: Configuration, baseline: Configuration, metric: str, stats: StatsCache,
                  trials: int = significance.AR_TRIALS) -> Comparison:
     """`config` against `baseline` on `metric` (see `Comparison`)."""
     result = Comparison(config, baseline, metric)
@@ -486,8 +480,6 @@ def test_against(config: Configuration, baseline: Configuration, metric: str, st
         result.ci = significance.bootstrap_diff_ci(scorer, base_stats[0], other_stats[0])
         result.ci_method = "paired bootstrap over sentences"
     else:
-        import numpy as np
-
         result.p = significance.stratified_ar(scorer, np.stack(base_stats), np.stack(other_stats), trials)
         result.ci = significance.t_interval(diffs)
         result.ci_method = f"t over {len(pairs)} seed pairs"
@@ -568,8 +560,6 @@ def legend_labels(runs: Sequence[Run]) -> list[str]:
 def val_bands(configs: Sequence[Configuration]) -> dict[str, tuple[list[int], list[float], list[float]]]:
     """Per configuration with a validation history: the steps and the mean and standard deviation of val BLEU
     over the seeds that reached each step."""
-    import numpy as np
-
     bands = {}
     for c in configs:
         by_step: dict[int, list[float]] = {}
@@ -584,7 +574,7 @@ def val_bands(configs: Sequence[Configuration]) -> dict[str, tuple[list[int], li
     return bands
 
 
-def test_points(configs: Sequence[Configuration]) -> dict[str, tuple[list[float], tuple[float, float] | None]]:
+def seed_points(configs: Sequence[Configuration]) -> dict[str, tuple[list[float], tuple[float, float] | None]]:
     return {c.label: (values, significance.t_interval(values))
             for c in configs if (values := c.values("test", "bleu"))}
 
@@ -614,7 +604,7 @@ def compare(dirs: Sequence[Path], out: Path | None = None, baseline: str | None 
     if base is not None:
         stats = StatsCache()
         logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # the runs were scored as they are: no advice
-        comparisons = [test_against(c, base, metric, stats, trials)
+        comparisons = [against_baseline(c, base, metric, stats, trials)
                        for c in configs if c is not base and c.seeds for metric in significance.METRICS]
     notes = warnings(runs)
     out = out or dirs[0]
@@ -634,7 +624,7 @@ def compare(dirs: Sequence[Path], out: Path | None = None, baseline: str | None 
     atomic_write_text(out / "compare_runs.csv", to_csv(run_header, run_rows))
     atomic_write_text(out / "compare_tests.csv", to_csv(*tests_csv_rows(comparisons)))
     plot_bands(val_bands(configs), out / "val_bleu.png")
-    plot_intervals(test_points(configs), out / "test_bleu.png")
+    plot_intervals(seed_points(configs), out / "test_bleu.png")
     report = Report(configs, runs, comparisons, base, notes, markdown)
     write_html(report, out / "compare.html", out / "val_bleu.png", out / "test_bleu.png")
     return report
