@@ -365,7 +365,8 @@ def check_values(cfg: Any) -> None:
     """Ranges the schema's types cannot say, checked before any data is read: a `model.*` value no model can have
     (`ModelOptions.check`), a `decoding.*` value no search can use (`DecodingConfig.check`), an `optim.*` or
     `scheduler.*` value the chosen optimizer or schedule refuses (`OptimizerOptions.check`, `ScheduleOptions.check`),
-    a label smoothing value out of range, a callback monitoring what validation does not log.
+    a label smoothing value out of range, a callback monitoring what validation does not log, a logger key that is
+    retired or set for a logger not chosen (`check_logger`).
     One-line `ConfigError` naming the key."""
     rules = [
         ("label_smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1, "must be in [0, 1)"),
