@@ -425,6 +425,7 @@ class StatsCache:
 
     def __init__(self) -> None:
         self._stats: dict[tuple[Path, str], Any] = {}
+        logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # the runs were scored as they are: no advice
 
     def __call__(self, run: Run, metric: str) -> Any:
         key = (run.path, metric)
@@ -603,7 +604,6 @@ def compare(dirs: Sequence[Path], out: Path | None = None, baseline: str | None 
     comparisons: list[Comparison] = []
     if base is not None:
         stats = StatsCache()
-        logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # the runs were scored as they are: no advice
         comparisons = [against_baseline(c, base, metric, stats, trials)
                        for c in configs if c is not base and c.seeds for metric in significance.METRICS]
     notes = warnings(runs)
