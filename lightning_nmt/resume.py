@@ -226,6 +226,8 @@ class LastCheckpoint(Checkpoint):
             log.warning("step %d: not refreshing %s while training steps are NaN/inf", trainer.global_step,
                         self.path.name)
             return
+        for logger in trainer.loggers:  # the logs on disk cover every step the checkpoint does: a kill loses neither
+            logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
         self._saved_step = trainer.global_step
 
