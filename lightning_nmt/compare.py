@@ -72,6 +72,7 @@ class Run:
     seed: int | None = None
     test_files: tuple[Path, Path] | None = None
     lowercase: bool = False
+    checkpoint: Path | None = None  # the checkpoint an lnmt-eval output scored
 
     @property
     def finished(self) -> bool:
@@ -179,8 +180,7 @@ def load_eval_dir(path: Path, label: str, test_set: str = "test") -> Run:
     checkpoint came from (when that directory is there) plus what was evaluated (checkpoint kind, beam size,
     length penalty)."""
     run = load_eval(path / EVAL_FILE, test_set)
-    results = run.record.results["test"] if run.record else {}
-    ckpt = Path(json.loads((path / EVAL_FILE).read_text())["ckpt_path"])
+    results, ckpt = run.record.results["test"], run.checkpoint
     run_dir = ckpt.parent.parent
     if is_run_dir(run_dir):
         config, seed, _ = _identity(run_dir, _overrides(run_dir))
@@ -191,7 +191,7 @@ def load_eval_dir(path: Path, label: str, test_set: str = "test") -> Run:
     hyp, ref = results.get("hypotheses"), results.get("references")
     files = _kept(Path(hyp), Path(ref)) if hyp and ref else None
     lowercase = "case:lc" in str(results.get("signature", ""))
-    return Run(path.resolve(), label, run.overrides, run.record, config, seed, files, lowercase)
+    return Run(path.resolve(), label, run.overrides, run.record, config, seed, files, lowercase, ckpt)
 
 
 def load_runs(dirs: Sequence[Path]) -> list[Run]:
@@ -421,27 +421,35 @@ class Comparison:
 
 
 class StatsCache:
-    """Each run's sentence statistics per metric, computed once."""
+    """Each run's kept test files (read once) and sentence statistics per metric (computed once)."""
 
     def __init__(self) -> None:
         self._stats: dict[tuple[Path, str], Any] = {}
+        self._lines: dict[Path, list[str]] = {}
         logging.getLogger("sacrebleu").setLevel(logging.ERROR)  # the runs were scored as they are: no advice
+
+    def lines(self, file: Path) -> list[str]:
+        if file not in self._lines:
+            self._lines[file] = file.read_text(encoding="utf-8").splitlines()
+        return self._lines[file]
+
+    def hypotheses(self, run: Run) -> list[str]:
+        return self.lines(run.test_files[0])
+
+    def references(self, run: Run) -> list[str]:
+        return self.lines(run.test_files[1])
 
     def __call__(self, run: Run, metric: str) -> Any:
         key = (run.path, metric)
         if key not in self._stats:
-            hyps, refs = (f.read_text(encoding="utf-8").splitlines() for f in run.test_files)
-            self._stats[key] = significance.sentence_stats(significance.metric(metric, run.lowercase), hyps, refs)
+            scorer = significance.metric(metric, run.lowercase)
+            self._stats[key] = significance.sentence_stats(scorer, self.hypotheses(run), self.references(run))
         return self._stats[key]
 
 
 def _testable(config: Configuration) -> tuple[list[Run], list[Run]]:
     """The seeds with kept test translations and references, and those without."""
     return [r for r in config.seeds if r.test_files], [r for r in config.seeds if not r.test_files]
-
-
-def _references(run: Run) -> str:
-    return run.test_files[1].read_text(encoding="utf-8")
 
 
 def against_baseline(config: Configuration, baseline: Configuration, metric: str, stats: StatsCache,
@@ -455,7 +463,7 @@ def against_baseline(config: Configuration, baseline: Configuration, metric: str
         result.reason = f"no kept test translations and references ({', '.join(result.without_files)})"
         return result
     first = base_runs[0]
-    other_refs = next((r for r in runs + base_runs if _references(r) != _references(first)), None)
+    other_refs = next((r for r in runs + base_runs if stats.references(r) != stats.references(first)), None)
     if other_refs is not None:
         result.reason = (f"{other_refs.label} and {first.label} were tested on different test sets (their "
                          "references differ)")
@@ -474,9 +482,8 @@ def against_baseline(config: Configuration, baseline: Configuration, metric: str
     result.diff = sum(diffs) / len(diffs)
     if len(pairs) == 1:
         (b, o), = pairs
-        hyps = [r.test_files[0].read_text(encoding="utf-8").splitlines() for r in (b, o)]
-        refs = _references(b).splitlines()
-        sacre = significance.sacrebleu_paired(metric, first.lowercase, hyps[0], hyps[1], refs)
+        sacre = significance.sacrebleu_paired(metric, first.lowercase, stats.hypotheses(b), stats.hypotheses(o),
+                                              stats.references(b))
         result.p, result.p_bootstrap = sacre.ar_p, sacre.bootstrap_p
         result.ci = significance.bootstrap_diff_ci(scorer, base_stats[0], other_stats[0])
         result.ci_method = "paired bootstrap over sentences"
@@ -660,7 +667,7 @@ def load_eval(path: Path, test_set: str) -> Run:
     overrides = _overrides(run_dir) if is_run_dir(run_dir) else {}
     label = f"{run_dir.name}/{ckpt.name}" if is_run_dir(run_dir) else str(path)
     overrides["beam_size"] = str(results[test_set].get("beam_size"))
-    return Run(path, label, overrides, RunRecord(status=FINISHED, results={"test": results[test_set]}))
+    return Run(path, label, overrides, RunRecord(status=FINISHED, results={"test": results[test_set]}), checkpoint=ckpt)
 
 
 def by_length_table(evals: Sequence[Run], metric: str) -> tuple[list[str], dict[str, list[float]]]:

@@ -21,8 +21,6 @@ from lightning_nmt.optim import (
     SCHEDULES,
     configure_optimizers,
     make_optimizer,
-    register_optimizer,
-    register_schedule,
 )
 from tests.conftest import CONF_DIR, compose_config, compose_many
 
@@ -126,14 +124,6 @@ def test_an_unknown_name_is_a_config_error_listing_the_registered(group: str, wh
     cfg[group].name = "lion"
     with pytest.raises(ConfigError, match=f"^unknown {what} 'lion'; registered: {', '.join(GROUPS[group])}$"):
         check_values(cfg)
-
-
-@pytest.mark.parametrize("register, registry", [(register_optimizer, OPTIMIZERS), (register_schedule, SCHEDULES)])
-def test_a_name_registered_twice_is_an_error(register, registry):
-    name = next(iter(registry))
-    with pytest.raises(ValueError, match=f"{name!r} is registered twice"):
-        register(name)(type("Impostor", (), {}))
-    assert registry[name].__name__ != "Impostor"
 
 
 def test_inverse_sqrt_warms_up_linearly_then_decays_as_before():

@@ -16,6 +16,7 @@ from lightning_nmt.errors import ConfigError
 from lightning_nmt.models import MODEL_TYPES, model_keys, register_model
 from lightning_nmt.models.attention import ATTENTIONS, register_attention
 from lightning_nmt.models.layers import RNNS, RNNType
+from lightning_nmt.optim import OPTIMIZERS, SCHEDULES, register_optimizer, register_schedule
 from lightning_nmt.sweeps import effective_config
 from tests.conftest import CONF_DIR, compose_config
 
@@ -35,7 +36,8 @@ def test_an_attention_score_not_registered_is_a_config_error_listing_the_registe
 
 
 @pytest.mark.parametrize("register, registry", [(register_model, MODEL_TYPES), (register_corpus, CORPORA),
-                                                (register_attention, ATTENTIONS)])
+                                                (register_attention, ATTENTIONS), (register_optimizer, OPTIMIZERS),
+                                                (register_schedule, SCHEDULES)])
 def test_a_name_registered_twice_is_an_error(register, registry):
     name = next(iter(registry))
     with pytest.raises(ValueError, match=f"{name!r} is registered twice"):
