@@ -1,8 +1,8 @@
-"""The batching of `lnmt-serve`: concurrent requests' sentences wait in one queue, and a single worker task, when
-the model can take a call (`Backend.parallel_calls` at once), takes the oldest sentence's (beam_size, nbest,
-attention) group, waits up to `max_wait_ms` for more of it (less when the model was busy: the wait counts from the
-oldest sentence's arrival) up to `max_batch_tokens` padded source pieces, and runs the model on them in a thread of
-its own; each request gets its own results back in its order."""
+"""The batching of `lnmt-serve`: concurrent requests' sentences wait in one queue, and a single worker task, when the
+model can take a call (`Backend.parallel_calls` at once), takes the oldest sentence's group (its request's
+`DecodingConfig`: one batch has one), waits up to `max_wait_ms` for more of it (less when the model was busy: the
+wait counts from the oldest sentence's arrival) up to `max_batch_tokens` padded source pieces, and runs the model on
+them in a thread of its own; each request gets its own results back in its order."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from lightning_nmt.backends import Backend, Hypothesis
+from lightning_nmt.backend_api import Backend, Hypothesis
+from lightning_nmt.search import DecodingConfig
 
 log = logging.getLogger("lightning_nmt.serve")
 
@@ -37,7 +38,7 @@ class _Item:
 
     line: str
     pieces: int
-    key: tuple[int, int, bool]  # (beam_size, nbest, attention): one batch has one key
+    key: DecodingConfig  # one batch has one
     job: _Job
     index: int
     arrived: float
@@ -89,21 +90,20 @@ class Batcher:
                 await asyncio.wait(self._running)
             self._executor.shutdown(wait=True)
 
-    async def translate(self, lines: Sequence[str], pieces: Sequence[int], beam_size: int, nbest: int,
-                        attention: bool) -> list[list[Hypothesis]]:
+    async def translate(self, lines: Sequence[str], pieces: Sequence[int],
+                        decoding: DecodingConfig) -> list[list[Hypothesis]]:
         """The hypotheses of each line, once the batches holding them have run."""
         loop = asyncio.get_running_loop()
         job = _Job(loop.create_future(), [None] * len(lines), len(lines))
         now = loop.time()
-        key = (beam_size, nbest, attention)
-        self.pending.extend(_Item(line, n, key, job, i, now) for i, (line, n) in enumerate(zip(lines, pieces)))
+        self.pending.extend(_Item(line, n, decoding, job, i, now) for i, (line, n) in enumerate(zip(lines, pieces)))
         self._wakeup.set()
         return await job.future
 
     def _cost(self, items: Sequence[_Item]) -> int:
         return len(items) * max((item.pieces for item in items), default=0)
 
-    def _take(self, key: tuple[int, int, bool], dry_run: bool = False) -> tuple[list[_Item], bool]:
+    def _take(self, key: DecodingConfig, dry_run: bool = False) -> tuple[list[_Item], bool]:
         """The oldest items of `key` whose padded size fits --max-batch-tokens (one item at least), taken out of
         the queue unless `dry_run`; and whether the batch is full (an item of `key` is left that does not fit).
         Items of requests that ended (a client that went away, a failed batch) are dropped."""
@@ -172,13 +172,13 @@ class Batcher:
     async def _run_batch(self, batch: list[_Item]) -> None:
         if not batch:
             return
-        beam_size, nbest, attention = batch[0].key
+        decoding = batch[0].key
         lines = [item.line for item in batch]
         started = time.perf_counter()
         self.busy += len(batch)
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.backend.translate_batch, lines, beam_size, nbest, attention)
+                self._executor, self.backend.translate_batch, lines, decoding)
             if len(results) != len(lines):
                 raise RuntimeError(f"the backend returned {len(results)} results for {len(lines)} lines")
         except Exception as err:  # the server survives a failing batch; its requests get a 500
@@ -195,8 +195,8 @@ class Batcher:
         self.stats.sentences += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         self.stats.model_seconds += seconds
-        log.debug("batch of %d sentences (%d padded pieces, beam %d) in %.1f ms", len(batch), self._cost(batch),
-                  beam_size, seconds * 1000)
+        log.debug("batch of %d sentences (%d padded pieces, %s, beam %d) in %.1f ms", len(batch), self._cost(batch),
+                  decoding.strategy, decoding.beam_size, seconds * 1000)
         for item, hyps in zip(batch, results):
             job = item.job
             if job.future.done():

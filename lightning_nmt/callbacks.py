@@ -13,9 +13,9 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_nmt.atomic import atomic_write_text
-from lightning_nmt.models.search import SearchResult
 from lightning_nmt.module import TranslationModule
 from lightning_nmt.plotting import plot_attention
+from lightning_nmt.search import SearchResult
 from lightning_nmt.tokens import PAD_ID
 
 log = logging.getLogger(__name__)

@@ -1,24 +1,23 @@
 """What every entry point (`lnmt-train`, `lnmt-eval`, `lnmt-translate`, `lnmt-serve`) shares: running a command
 with one-line user errors, the inference device, decoding settings given on the command line. Imports no training
-code (no wandb, no Lightning Trainer)."""
+code (no Lightning, no wandb, no torchmetrics): `lnmt-translate` and `lnmt-serve` start without them."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_nmt.errors import ConfigError, UserError, WriteError, is_write_error
 from lightning_nmt.kernels import cpu as cpu_kernels
-from lightning_nmt.models.search import DecodingConfig
+from lightning_nmt.search import DecodingConfig
 
 
 def to_dict(node: Any) -> Any:
@@ -72,9 +71,21 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         _fail(WriteError(err.filename, err))
 
 
+def global_rank() -> int:
+    """This process's global rank: Lightning's when it is loaded (it sets the rank of the processes it launches),
+    else the launcher's environment (torchrun, SLURM), else 0."""
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    if rank_zero is not None:
+        return int(getattr(rank_zero.rank_zero_only, "rank", 0))
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
 def _fail(err: UserError) -> None:
     """Exit with status 2 after one line on stderr (from global rank 0 only: DDP ranks stop together)."""
-    if rank_zero_only.rank == 0:
+    if global_rank() == 0:
         print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
 
@@ -105,11 +116,10 @@ def inference_device(accelerator: str) -> torch.device:
 
 
 def decoding_overrides(decoding: DecodingConfig, **given: Any) -> DecodingConfig:
-    """A checkpoint's decoding settings with those `lnmt-eval` / `lnmt-translate` were given (None: keep); a value
-    no search can use (`beam_size=0`) is a one-line `ConfigError`."""
-    decoding = replace(decoding, **{key: value for key, value in given.items() if value is not None})
+    """A checkpoint's decoding settings with the flat keys `lnmt-eval` / `lnmt-translate` were given (None: keep); a
+    value no search can use (`beam_size=0`), or options that contradict each other (`top_k` with beam search), is a
+    one-line `ConfigError`."""
     try:
-        decoding.check()
+        return decoding.with_overrides(**given)
     except ValueError as err:
         raise ConfigError(str(err).replace("decoding.", "")) from None
-    return decoding

@@ -72,7 +72,8 @@ class Run:
     seed: int | None = None
     test_files: tuple[Path, Path] | None = None
     lowercase: bool = False
-    checkpoint: Path | None = None  # the checkpoint an lnmt-eval output scored
+    checkpoint: Path | None = None  # the checkpoint an lnmt-eval output scored (an ensemble's first member)
+    members: int = 1  # the checkpoints it scored: more than one for an ensemble
 
     @property
     def finished(self) -> bool:
@@ -178,7 +179,8 @@ def checkpoint_kind(ckpt: Path) -> str:
 def load_eval_dir(path: Path, label: str, test_set: str = "test") -> Run:
     """An `lnmt-eval` output directory: its `test_set` results, the configuration and seed of the training run its
     checkpoint came from (when that directory is there) plus what was evaluated (checkpoint kind, beam size,
-    length penalty)."""
+    length penalty, `eval.ensemble`: how many checkpoints). An ensemble's configuration is its first member's run's,
+    without a seed."""
     run = load_eval(path / EVAL_FILE, test_set)
     results, ckpt = run.record.results["test"], run.checkpoint
     run_dir = ckpt.parent.parent
@@ -186,12 +188,14 @@ def load_eval_dir(path: Path, label: str, test_set: str = "test") -> Run:
         config, seed, _ = _identity(run_dir, _overrides(run_dir))
     else:
         config, seed = {"eval.ckpt_path": str(ckpt)}, None
+    if run.members > 1:
+        seed = None
     config.update({"eval.checkpoint": checkpoint_kind(ckpt), "eval.beam_size": results.get("beam_size"),
-                   "eval.length_penalty": results.get("length_penalty")})
+                   "eval.length_penalty": results.get("length_penalty"), "eval.ensemble": run.members})
     hyp, ref = results.get("hypotheses"), results.get("references")
     files = _kept(Path(hyp), Path(ref)) if hyp and ref else None
     lowercase = "case:lc" in str(results.get("signature", ""))
-    return Run(path.resolve(), label, run.overrides, run.record, config, seed, files, lowercase, ckpt)
+    return Run(path.resolve(), label, run.overrides, run.record, config, seed, files, lowercase, ckpt, run.members)
 
 
 def load_runs(dirs: Sequence[Path]) -> list[Run]:
@@ -658,7 +662,9 @@ def load_eval(path: Path, test_set: str) -> Run:
     the files apart; the label is `<run>/<checkpoint file>`, or the file's path."""
     try:
         data = json.loads(path.read_text())
-        results, ckpt = data["results"], Path(data["ckpt_path"])
+        results, ckpts = data["results"], data["ckpt_path"]
+        ckpts = [Path(c) for c in ckpts] if isinstance(ckpts, list) else [Path(ckpts)]
+        ckpt = ckpts[0]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{path} is not an lnmt-eval output ({type(err).__name__}: {err})") from None
     if test_set not in results:
@@ -666,8 +672,12 @@ def load_eval(path: Path, test_set: str) -> Run:
     run_dir = ckpt.parent.parent
     overrides = _overrides(run_dir) if is_run_dir(run_dir) else {}
     label = f"{run_dir.name}/{ckpt.name}" if is_run_dir(run_dir) else str(path)
+    if len(ckpts) > 1:
+        label = "ensemble of " + ", ".join(f"{c.parent.parent.name}/{c.name}" for c in ckpts)
+        overrides["ensemble"] = str(len(ckpts))
     overrides["beam_size"] = str(results[test_set].get("beam_size"))
-    return Run(path, label, overrides, RunRecord(status=FINISHED, results={"test": results[test_set]}), checkpoint=ckpt)
+    return Run(path, label, overrides, RunRecord(status=FINISHED, results={"test": results[test_set]}), checkpoint=ckpt,
+               members=len(ckpts))
 
 
 def by_length_table(evals: Sequence[Run], metric: str) -> tuple[list[str], dict[str, list[float]]]:

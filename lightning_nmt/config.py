@@ -1,6 +1,7 @@
 """Structured configs: the schema every file in `conf/` is validated against.
 
-Registered in Hydra's ConfigStore as `train_schema`, `eval_schema` and `translate_schema`; the primary
+Registered in Hydra's ConfigStore as `train_schema` and `eval_schema` (`translate_schema`: `lightning_nmt.translate`,
+which needs none of this module's imports); the primary
 configs extend them through their defaults list, so a misspelt key (on the command line *or* inside a YAML
 file), a wrong type or an unknown enum value is a clear error before anything runs.
 """
@@ -16,17 +17,19 @@ from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from lightning_nmt.data.datamodule import ParallelDataModule
 from lightning_nmt.data.formats import corpus_formats
 from lightning_nmt.data.tokenizer import DEFAULT_SETTINGS as _TOKENIZER
 from lightning_nmt.data.tokenizer import MODEL_TYPES as TOKENIZER_TYPES
 from lightning_nmt.errors import ConfigError
+from lightning_nmt.kernels.cpu import Speedups
 from lightning_nmt.metrics import VAL_METRICS
 from lightning_nmt.models import MODEL_TYPES, model_options
-from lightning_nmt.models.search import DecodingConfig
 from lightning_nmt.optim import OPTIMIZERS, SCHEDULES, optimizer_options, schedule_options
+from lightning_nmt.search import DecodingConfig
+from lightning_nmt.search.schema import decoding_schema, flat_decoding_keys
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 """The `conf/` directory of the source tree (an absolute path, so console scripts find it)."""
@@ -53,13 +56,6 @@ class LoggerType(str, Enum):
 class Resume(str, Enum):
     never = "never"
     auto = "auto"
-
-
-class Speedups(str, Enum):
-    """The CPU kernels (`lightning_nmt.kernels.cpu`): `auto` on for CPU runs, `off` the plain models."""
-
-    auto = "auto"
-    off = "off"
 
 
 @dataclass
@@ -150,6 +146,10 @@ OptimConfig = _options_config("OptimConfig", OPTIMIZERS, OptimizerName, [
 """`optim:`, the optimizer (`lightning_nmt.optim`) and the non-finite guard's limit (`lightning_nmt.guard`)."""
 SchedulerConfig = _options_config("SchedulerConfig", SCHEDULES, SchedulerName, [])
 """`scheduler:`, the learning-rate schedule (`lightning_nmt.optim`)."""
+
+
+DecodingSchema = decoding_schema()
+"""`decoding:`, how the test step (and validation, `val_beam_size`) translates: `lightning_nmt.search`."""
 
 
 @dataclass
@@ -316,7 +316,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    decoding: DecodingSchema = field(default_factory=DecodingSchema)
     label_smoothing: float = 0.1
     seed: int = 42
     task_name: str = "train"
@@ -327,38 +327,20 @@ class TrainConfig:
     speedups: Speedups = Speedups.auto  # auto: the CPU kernels with trainer.accelerator=cpu; off: plain PyTorch
 
 
-@dataclass
-class EvalConfig:
-    ckpt_path: str = "???"
-    data: DataConfig | None = None  # None: the corpus the checkpoint was trained on
-    beam_size: int | None = None  # None: the checkpoint's decoding.beam_size
-    batch_max_tokens: int = 8192
-    output: str | None = None  # JSON file (translations beside it); default: <hydra run dir>/eval.json
-    length_penalty: float | None = None  # None: the checkpoint's decoding.length_penalty
-    length_buckets: int = 3  # also report BLEU of the shortest ... longest third of the sources
-    split: str = "test"  # test: the test sets (data.test, data.extra_tests); val: tune beam/length penalty there
-    max_input_len: int | None = None  # None: the checkpoint's decoding.max_input_len or training data.max_len
-    accelerator: str = "cpu"
-    speedups: Speedups = Speedups.auto  # auto: the CPU kernels with accelerator=cpu; off: plain PyTorch
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    task_name: str = "eval"
-
-
-@dataclass
-class TranslateConfig:
-    ckpt_path: str = "???"
-    input: str = "-"
-    output: str = "-"
-    beam_size: int | None = None
-    length_penalty: float | None = None
-    nbest: int = 1
-    attention_dir: str | None = None
-    batch_max_tokens: int = 8192
-    chunk_lines: int = 1000  # the input is read and translated this many lines at a time ...
-    chunk_tokens: int = 50000  # ... or this many words, whichever comes first (or when the input pauses)
-    max_input_len: int | None = None  # None: the checkpoint's decoding.max_input_len or training data.max_len
-    accelerator: str = "cpu"
-    speedups: Speedups = Speedups.auto  # auto: the CPU kernels with accelerator=cpu; off: plain PyTorch
+EvalConfig = make_dataclass("EvalConfig", [
+    ("ckpt_path", Any, "???"),  # a checkpoint, a list of checkpoints (an ensemble), or an exported directory
+    ("data", Optional[DataConfig], None),  # noqa: UP045 (None: the corpus the checkpoint was trained on)
+    *flat_decoding_keys(),  # beam_size=, strategy=, top_k=, ...: None keeps the checkpoint's decoding.*
+    ("batch_max_tokens", int, 8192),
+    ("output", Optional[str], None),  # noqa: UP045 (JSON file, translations beside it; default <run dir>/eval.json)
+    ("length_buckets", int, 3),  # also report BLEU of the shortest ... longest third of the sources
+    ("split", str, "test"),  # test: the test sets (data.test, data.extra_tests); val: tune beam/length penalty there
+    ("accelerator", str, "cpu"),
+    ("speedups", Speedups, Speedups.auto),  # auto: the CPU kernels with accelerator=cpu; off: plain PyTorch
+    ("paths", PathsConfig, field(default_factory=PathsConfig)),
+    ("task_name", str, "eval"),
+])
+"""`lnmt-eval`'s keys (conf/eval.yaml)."""
 
 
 def check_values(cfg: Any) -> None:
@@ -394,7 +376,7 @@ def check_values(cfg: Any) -> None:
     check_logger(cfg.logger)
     try:
         model_options(cfg.model).check()
-        DecodingConfig.from_dict(dict(cfg.decoding)).check()
+        DecodingConfig.from_dict(OmegaConf.to_container(cfg.decoding, resolve=True, enum_to_str=True)).check()
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -404,4 +386,3 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
-    cs.store(name="translate_schema", node=TranslateConfig)

@@ -1,5 +1,6 @@
 """Translation with CTranslate2: `CTranslate2Model` serves a directory written by `lnmt-export`, with the
-checkpoint's tokenizer and decoding settings, and searches as `lightning_nmt.models.search` does.
+checkpoint's tokenizer and decoding settings, and searches as `lightning_nmt.search` does (strategies `beam`, `greedy`
+and `sampling`; another strategy, `epsilon` sampling or a per-request seed is a `ConfigError` naming it).
 
 What is the same as the PyTorch path (`TranslationModule.translate` / `lnmt-translate`):
 
@@ -17,7 +18,7 @@ What is the same as the PyTorch path (`TranslationModule.translate` / `lnmt-tran
   under its own (see `_run`); a hypothesis CTranslate2 stopped at the limit gets the forced EOS as ours: its
   log-probability from `score_batch` (and its attention row from one more step), as our search adds it;
 - empty or whitespace-only lines: an empty translation with score 0, without running the model;
-- a source longer than `max_input_len` pieces is translated in segments, with `lightning_nmt.models.segments`
+- a source longer than `max_input_len` pieces is translated in segments, with `lightning_nmt.search.segments`
   (the same cuts, joined the same way: scores averaged, attention blocks placed at their source positions);
   nothing is truncated (CTranslate2's `max_input_length` is off);
 - attention: the last decoder layer's cross-attention averaged over the heads, one row per output token and one
@@ -39,6 +40,20 @@ Where the outputs can differ from ours (beam search only; greedy outputs are our
   above;
 - float32 arithmetic in another order: scores within ~1e-5 of ours, so a near-tie (rare) may go the other way.
 int8 models are not exact: their outputs are compared with ours by `benchmarks/ctranslate2_bench.py`.
+
+The penalties and sampling:
+- `no_repeat_ngram_size` and `repetition_penalty` are CTranslate2's own, with our rules (on the logits before the
+  log-softmax, over the output so far without BOS, a repeated token penalised once): greedy outputs are ours;
+  a hypothesis rescored with `score_batch` (stopped at the length limit, or searched with masked tokens) is scored
+  without the penalties;
+- sampling maps `top_k`, `top_p`, `temperature` onto `sampling_topk`, `sampling_topp`, `sampling_temperature`
+  (the same rules: top-k, then temperature, then top-p on the renormalised top-k); `epsilon` has no CTranslate2
+  counterpart. The sentences of one call share their length limits exactly, so a sampled sentence is never searched
+  again; `nbest` distinct draws are collected over `ROUNDS` rounds, as ours;
+- seeds: CTranslate2's random numbers are per worker thread, seeded once per process (`set_random_seed` before the
+  translator is made), with no per-call seed. A model loaded with `seed=` has one worker, so the same calls in the
+  same order draw the same samples; a draw still depends on what else is in its batch. A different seed in a call is
+  a `ConfigError` (`lnmt-serve` answers a request's seed with 400).
 """
 
 from __future__ import annotations
@@ -52,12 +67,14 @@ from typing import Any
 
 import torch
 
-from lightning_nmt.backends import Hypothesis
+from lightning_nmt.backend_api import Hypothesis, rounded
+from lightning_nmt.cli import decoding_overrides
 from lightning_nmt.data.tokenizer import Tokenizer
 from lightning_nmt.errors import CheckpointError, ConfigError
 from lightning_nmt.kernels import available_cores
-from lightning_nmt.models import segments
-from lightning_nmt.models.search import BeamStop, DecodingConfig, SearchResult
+from lightning_nmt.search import DecodingConfig, SearchResult, length_penalty, max_lengths, min_lengths, segments
+from lightning_nmt.search.beam import BeamStop
+from lightning_nmt.search.sampling import ROUNDS
 from lightning_nmt.tokens import BOS_ID, EOS_ID, PAD_ID
 
 FORMAT_VERSION = 1
@@ -86,11 +103,6 @@ class _Found:
     attention: list[list[float]] | None
 
 
-def _penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty ((5 + length) / 6) ** alpha, as `lightning_nmt.models.search`."""
-    return ((5 + length) / 6) ** alpha
-
-
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """`lightning_nmt.json` of an exported directory; a missing or foreign directory is a one-line CheckpointError."""
     path = Path(path)
@@ -114,10 +126,11 @@ class CTranslate2Model:
     """An `lnmt-export` directory loaded into a `ctranslate2.Translator` with its tokenizer:
 
         model = CTranslate2Model("exported/", compute_type="int8", threads=2)
-        model.translate_batch(["A man is riding a bike."], beam_size=5)[0][0].tgt
+        model.translate_batch(["A man is riding a bike."], model.decoding)[0][0].tgt
         model.score(["A man ."], ["Un homme ."])  # per-token log-probabilities, EOS included
 
-    `decoding` (a `DecodingConfig`, the checkpoint's settings) may be replaced or edited like the module's.
+    `decoding`: the checkpoint's settings (the defaults); `seed`: CTranslate2's random numbers, seeded once (then
+    one worker: see the module docstring).
     `compute_type`: CTranslate2's (`default`: the exported weights' type, e.g. int8 for an int8 export on the CPU).
     `threads` (CPU): threads in all (0: one per core), as `threads // intra_threads` CTranslate2 workers of
     `intra_threads` each; the sentences of a call are split into batches of at most `max_tokens` source tokens, and
@@ -127,7 +140,8 @@ class CTranslate2Model:
     backend = "ctranslate2"
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", compute_type: str = "default",
-                 threads: int = 0, intra_threads: int = 1, max_tokens: int | None = None) -> None:
+                 threads: int = 0, intra_threads: int = 1, max_tokens: int | None = None,
+                 seed: int | None = None) -> None:
         try:
             import ctranslate2
         except ImportError:
@@ -145,6 +159,10 @@ class CTranslate2Model:
             raise ConfigError(f"need threads >= 0, intra_threads >= 1 and max_tokens >= 1, got threads={threads}, "
                               f"intra_threads={intra_threads}, max_tokens={max_tokens}")
         self.workers = 1 if device != "cpu" else max(1, (threads or available_cores()) // intra_threads)
+        self.seed = seed
+        if seed is not None:  # per thread, seeded on its first draw: one worker, one stream
+            ctranslate2.set_random_seed(seed)
+            self.workers, intra_threads = 1, max(intra_threads, threads or available_cores())
         try:
             self.translator = ctranslate2.Translator(str(self.path), device=device, compute_type=compute_type,
                                                      intra_threads=intra_threads, inter_threads=self.workers)
@@ -164,6 +182,8 @@ class CTranslate2Model:
         self._src_eos = self._src_pieces[EOS_ID]
         self._suppress = [[self._tgt_pieces[PAD_ID]], [self._tgt_pieces[BOS_ID]]]
 
+    per_request_seed = False  # see the module docstring
+
     @property
     def parallel_calls(self) -> int:
         """`translate_batch` calls that may run at once: one per worker (CTranslate2 takes calls from several
@@ -175,19 +195,44 @@ class CTranslate2Model:
         return len(self.tokenizer.encode_src([line])[0]) + 1
 
     @property
+    def training_data(self) -> dict:
+        """The `data:` config of the exported checkpoint's training."""
+        return self.metadata.get("data") or {}
+
+    @property
     def max_input_len(self) -> int | None:
         """Longest source (pieces, EOS included) translated in one piece: `decoding.max_input_len`, else the
         training `data.max_len` (as `TranslationModule.max_input_len`); None: no bound."""
         return self.decoding.max_input_len or self._data_max_len
 
     # ---- translation -------------------------------------------------------------------------------------------
-    def translate_batch(self, lines: Sequence[str], beam_size: int | None = None, nbest: int = 1,
-                        attention: bool = False) -> list[list[Hypothesis]]:
-        """The `nbest` best translations of each line, best first (`beam_size`: None for the checkpoint's, 1 is
-        greedy). Empty or whitespace-only lines: one empty translation with score 0, the model is not run."""
-        k = self.decoding.beam_size if beam_size is None else beam_size
-        if k < 1 or not 1 <= nbest <= k:
-            raise ConfigError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got beam_size={k}, nbest={nbest}")
+    def check(self, decoding: DecodingConfig) -> None:
+        """`ConfigError` naming the option of `decoding` this backend cannot run (see the module docstring)."""
+        try:
+            decoding.check()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if decoding.strategy not in ("beam", "greedy", "sampling"):
+            raise ConfigError(f"strategy={decoding.strategy} does not run on the ctranslate2 backend (it has beam, "
+                              "greedy and sampling); serve a checkpoint (the PyTorch backend) for it")
+        if decoding.strategy == "sampling" and decoding.options.epsilon:
+            raise ConfigError("epsilon does not run on the ctranslate2 backend (CTranslate2 has top_k, top_p and "
+                              "temperature); serve a checkpoint (the PyTorch backend) for epsilon sampling")
+        if decoding.seed is not None and decoding.seed != self.seed:
+            raise ConfigError(f"seed={decoding.seed} does not run on the ctranslate2 backend, which seeds its "
+                              "random numbers once per process, when the model is loaded"
+                              + (f" (here with seed={self.seed})" if self.seed is not None else "")
+                              + "; a per-request seed needs a checkpoint (the PyTorch backend)")
+
+    def translate_batch(self, lines: Sequence[str], decoding: DecodingConfig | None = None,
+                        **overrides: Any) -> list[list[Hypothesis]]:
+        """The `decoding.nbest` best translations of each line, best first (`decoding`: None for the checkpoint's; flat
+        keys `overrides` over it). Empty or whitespace-only lines: one empty translation with score 0, the model is not
+        run."""
+        decoding = decoding or self.decoding
+        if overrides:
+            decoding = decoding_overrides(decoding, **overrides)
+        self.check(decoding)
         results: list[list[Hypothesis]] = [[Hypothesis("", 0.0, [], [], None)] for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         if not todo:
@@ -199,61 +244,110 @@ class CTranslate2Model:
             src[row, : len(ids)] = torch.tensor(ids)
 
         def search(rows: torch.Tensor, row_lengths: torch.Tensor) -> SearchResult:
-            return self._search([r[:n] for r, n in zip(rows.tolist(), row_lengths.tolist(), strict=True)], k, nbest,
-                                attention)
+            return self._search([r[:n] for r, n in zip(rows.tolist(), row_lengths.tolist(), strict=True)], decoding)
 
-        found = segments.bounded(search, src, lengths, self.max_input_len, self._boundaries)
+        limit = decoding.max_input_len or self._data_max_len
+        found = segments.bounded(search, src, lengths, limit, self._boundaries)
         texts = self.tokenizer.decode_tgt([ids for hyps in found.tokens for ids in hyps])
         position = 0
         for row, line_index in enumerate(todo):
             src_pieces = self.tokenizer.src_pieces_from_ids(encoded[row])
             hyps = []
             for j, ids in enumerate(found.tokens[row]):
-                weights = None if found.attention is None else found.attention[row][j].tolist()
+                weights = rounded(found.attention[row][j]) if decoding.attention and found.attention else None
                 hyps.append(Hypothesis(texts[position], float(found.scores[row, j]), src_pieces,
                                        self.tokenizer.tgt_pieces_from_ids(ids), weights))
                 position += 1
             results[line_index] = hyps
         return results
 
-    def translate(self, lines: Sequence[str], beam_size: int | None = None) -> list[str]:
+    def translate(self, lines: Sequence[str], decoding: DecodingConfig | None = None) -> list[str]:
         """The best translation of each line."""
-        return [hyps[0].tgt for hyps in self.translate_batch(lines, beam_size)]
+        return [hyps[0].tgt for hyps in self.translate_batch(lines, decoding)]
 
-    def _search(self, sources: list[list[int]], k: int, nbest: int, attention: bool) -> SearchResult:
-        """Search sources (ids, EOS included) as `lightning_nmt.models.search.search` with beam size k: the nbest
-        best of each, in a SearchResult (scores GNMT-normalised, attention (T + 1, S) tensors or None)."""
-        decoding = self.decoding
-        # the limits as `lightning_nmt.models.search` computes them (float32 products, rounded up)
-        lengths = torch.tensor([len(ids) for ids in sources], dtype=torch.long).float()
-        max_lens = torch.ceil(lengths * decoding.max_len_ratio).long() + decoding.max_len_offset
-        min_lens = torch.minimum(torch.ceil(lengths * decoding.min_len_ratio).long(), max_lens)
-        limits = list(zip(max_lens.tolist(), min_lens.tolist(), strict=True))
+    def _search(self, sources: list[list[int]], decoding: DecodingConfig) -> SearchResult:
+        """Search sources (ids, EOS included) as `lightning_nmt.search.search` does: the nbest best of each, in a
+        SearchResult (scores GNMT-normalised, attention (T + 1, S) tensors or None)."""
+        k = 1 if decoding.strategy != "beam" else decoding.beam_size
+        nbest, attention = decoding.nbest, decoding.attention
+        lengths = torch.tensor([len(ids) for ids in sources], dtype=torch.long)
+        max_lens = max_lengths(lengths, decoding.max_len_ratio, decoding.max_len_offset)
+        limits = list(zip(max_lens.tolist(), min_lengths(lengths, decoding.min_len_ratio, max_lens).tolist(),
+                          strict=True))
         pieces = [[*self.tokenizer.src_pieces_from_ids(ids[:-1]), self._src_eos] for ids in sources]
-        found = self._run(range(len(sources)), pieces, limits, k, nbest, attention, suppress=False)
+        if decoding.strategy == "sampling":
+            return self._sample(sources, pieces, limits, decoding)
+        penalties = self._penalties(decoding)
+        found = self._run(range(len(sources)), pieces, limits, k, nbest, attention, False, decoding, penalties)
         # PAD and BOS are searched unmasked (CTranslate2 masks before its log-softmax: the log-probabilities would
         # no longer be ours); a sentence whose hypotheses contain one is searched again with them masked
         again = [i for i, hyps in enumerate(found) if any(PAD_ID in h.ids or BOS_ID in h.ids for h in hyps)]
         if again:
-            for i, hyps in zip(again, self._run(again, pieces, limits, k, nbest, attention, suppress=True),
-                               strict=True):
+            for i, hyps in zip(again, self._run(again, pieces, limits, k, nbest, attention, True, decoding,
+                                                penalties), strict=True):
                 found[i] = hyps
         self._complete(pieces, found, attention)
+        return self._ranked(sources, found, decoding)
 
+    def _ranked(self, sources: list[list[int]], found: list[list[_Found]], decoding: DecodingConfig) -> SearchResult:
+        """The nbest best of each source's hypotheses by our score (GNMT-normalised), in a SearchResult; a sampled
+        source may have fewer (fewer distinct draws), a searched one has nbest (the best repeated only when nothing
+        but EOS fitted: max_len 1)."""
+        nbest, alpha = decoding.nbest, decoding.length_penalty
         tokens, scores, weights = [], [], []
         for i, hyps in enumerate(found):
-            ranked = sorted(hyps, key=lambda h: h.raw / _penalty(len(h.ids) + 1, decoding.length_penalty),
-                            reverse=True)[:nbest]
-            ranked += [ranked[0]] * (nbest - len(ranked))  # only when nothing but EOS fitted (max_len 1)
+            ranked = sorted(hyps, key=lambda h: h.raw / length_penalty(len(h.ids) + 1, alpha), reverse=True)[:nbest]
+            if decoding.strategy != "sampling":
+                ranked += [ranked[0]] * (nbest - len(ranked))
             tokens.append([h.ids for h in ranked])
-            scores.append([h.raw / _penalty(len(h.ids) + 1, decoding.length_penalty) for h in ranked])
-            if attention:
+            scores.append([h.raw / length_penalty(len(h.ids) + 1, alpha) for h in ranked]
+                          + [float("-inf")] * (nbest - len(ranked)))
+            if decoding.attention:
                 n_src = len(sources[i])
                 weights.append([torch.tensor(h.attention, dtype=torch.float32).reshape(-1, n_src) for h in ranked])
-        return SearchResult(tokens, torch.tensor(scores, dtype=torch.float32), weights if attention else None)
+        return SearchResult(tokens, torch.tensor(scores, dtype=torch.float32), weights if decoding.attention else None)
+
+    @staticmethod
+    def _penalties(decoding: DecodingConfig) -> dict[str, Any]:
+        """The penalties of `decoding` as CTranslate2's options."""
+        return {"no_repeat_ngram_size": decoding.no_repeat_ngram_size,
+                "repetition_penalty": decoding.repetition_penalty}
+
+    def _sample(self, sources: list[list[int]], pieces: list[list[str]], limits: list[tuple[int, int]],
+                decoding: DecodingConfig) -> SearchResult:
+        """`decoding.nbest` distinct draws of each source, in one call per (max_len, min_len) per round, best first.
+        PAD and BOS are masked from the start (the sampled distribution is ours; the scores are rescored)."""
+        options, n, attention = decoding.options, decoding.nbest, decoding.attention
+        draws = 1 if options.top_k == 1 else n  # CTranslate2 samples top_k=1 with its argmax, one hypothesis
+        sampling = {"sampling_topk": options.top_k, "sampling_topp": options.top_p,
+                    "sampling_temperature": options.temperature, **self._penalties(decoding)}
+        # only EOS fits: nothing to draw, the forced EOS is added by `_complete`
+        found = [[_Found([], None, False, [] if attention else None)] if limits[i][0] - 1 < 1 else []
+                 for i in range(len(sources))]
+        for _ in range(ROUNDS):
+            needy = [i for i, hyps in enumerate(found) if len(hyps) < n and limits[i][0] > 1]
+            if not needy:
+                break
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i in needy:
+                groups.setdefault(limits[i], []).append(i)
+            drawn: dict[int, list[_Found]] = {}
+            self._collect([(group, max_len, min_len) for (max_len, min_len), group in groups.items()], pieces, limits,
+                          1, draws, attention, True, False, drawn, sampling)
+            for i, hyps in drawn.items():
+                seen = {tuple(h.ids) for h in found[i]}
+                for hyp in hyps:
+                    if tuple(hyp.ids) not in seen and len(seen) < n:
+                        seen.add(tuple(hyp.ids))
+                        found[i].append(hyp)
+            if draws == 1 and n > 1:
+                break
+        self._complete(pieces, found, attention)
+        return self._ranked(sources, found, decoding)
 
     def _run(self, members: Sequence[int], pieces: list[list[str]], limits: list[tuple[int, int]], k: int,
-             nbest: int, attention: bool, suppress: bool) -> list[list[_Found]]:
+             nbest: int, attention: bool, suppress: bool, decoding: DecodingConfig,
+             penalties: dict[str, Any]) -> list[list[_Found]]:
         """Search sources `members` (their pieces, EOS included) under their length limits (max_len, min_len): the
         finished hypotheses of each. Their scores are CTranslate2's, ours unless some token was masked before its
         log-softmax (`suppress`, or EOS before min_len): then raw=None, rescored later.
@@ -264,7 +358,7 @@ class CTranslate2Model:
         each returned hypothesis ended, so did the search), the others are searched again in one call per limits.
         With `beam_stop=best_finished` a search ends when its best hypothesis does, which under a larger limit can
         be later and return others: the sources share calls only with sources of the same limits."""
-        early_exit = self.decoding.beam_stop == BeamStop.best_finished and k > 1
+        early_exit = decoding.strategy == "beam" and decoding.options.beam_stop == BeamStop.best_finished and k > 1
         found: dict[int, list[_Found]] = {}
         for i in members:
             if limits[i][0] - 1 < 1:  # only EOS fits: nothing to search, the forced EOS is added by `_complete`
@@ -275,7 +369,7 @@ class CTranslate2Model:
             shared.setdefault(limits[i] if early_exit else limits[i][1], []).append(i)
         calls = [(batch, max(limits[i][0] for i in batch), limits[batch[0]][1])
                  for group in shared.values() for batch in self._batches(group, pieces)]
-        self._collect(calls, pieces, limits, k, nbest, attention, suppress, early_exit, found)
+        self._collect(calls, pieces, limits, k, nbest, attention, suppress, early_exit, found, penalties)
         again: dict[tuple[int, int], list[int]] = {}
         for group, max_len, _ in calls:
             for i in group:
@@ -284,24 +378,24 @@ class CTranslate2Model:
                     again.setdefault(limits[i], []).append(i)
         self._collect([(group, max_len, min_len) for (max_len, min_len), group in
                        sorted(again.items(), key=lambda item: -item[0][0])],
-                      pieces, limits, k, nbest, attention, suppress, early_exit, found)
+                      pieces, limits, k, nbest, attention, suppress, early_exit, found, penalties)
         if attention and k > 1 and len(todo) > 1:
             self._fix_first_rows(todo, pieces, found)
         return [found[i] for i in members]
 
     def _collect(self, calls: list[tuple[list[int], int, int]], pieces: list[list[str]],
                  limits: list[tuple[int, int]], k: int, nbest: int, attention: bool, suppress: bool,
-                 early_exit: bool, found: dict[int, list[_Found]]) -> None:
+                 early_exit: bool, found: dict[int, list[_Found]], options: dict[str, Any]) -> None:
         """One CTranslate2 call per (sources, max_len, min_len) of `calls`, all submitted before the first result is
         read (the workers search them side by side); the hypotheses of each source go to `found`. `early_exit`:
-        CTranslate2's (`beam_stop=best_finished`)."""
+        CTranslate2's (`beam_stop=best_finished`); `options`: more of CTranslate2's (penalties, sampling)."""
         # at most max_len - 1 free steps: a hypothesis still running after them gets the forced EOS
         pending = [(group, self.translator.translate_batch(
-            [pieces[i] for i in group], beam_size=k, num_hypotheses=nbest if early_exit else k,
+            [pieces[i] for i in group], beam_size=k, num_hypotheses=nbest if early_exit or k == 1 else k,
             length_penalty=0.0 if early_exit else RAW_LENGTH_PENALTY, return_scores=True, return_end_token=True,
             return_attention=attention, max_input_length=0, max_decoding_length=max_len - 1,
             min_decoding_length=max(min_len - 1, 0), suppress_sequences=self._suppress if suppress else None,
-            max_batch_size=self.max_tokens, batch_type="tokens", asynchronous=True))
+            max_batch_size=self.max_tokens, batch_type="tokens", asynchronous=True, **options))
             for group, max_len, min_len in calls]
         for group, futures in pending:
             for i, future in zip(group, futures, strict=True):

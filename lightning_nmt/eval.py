@@ -1,6 +1,6 @@
-"""`lnmt-eval ckpt_path=PATH [data=...] [beam_size=N] [split=val]`: score a checkpoint (or a model exported by
-`lnmt-export`) on a corpus's test sets
-(or, to choose decoding settings without touching them, its validation set)."""
+"""`lnmt-eval ckpt_path=PATH|[A.ckpt,B.ckpt] [data=...] [beam_size=N] [strategy=... seed=N] [split=val]`: score a
+checkpoint, an ensemble of checkpoints, or a model exported by `lnmt-export` on a corpus's test sets (or, to choose
+decoding settings without touching them, its validation set)."""
 
 from __future__ import annotations
 
@@ -21,46 +21,50 @@ from lightning_nmt.errors import ConfigError
 from lightning_nmt.kernels import cpu as cpu_kernels
 from lightning_nmt.metrics import bleu, bleu_tok_lc, chrf
 from lightning_nmt.module import TranslationModule
-from lightning_nmt.translate import Translator
+from lightning_nmt.translate import Translator, decoding_keys, model_paths
 
 register_configs()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test a checkpoint, or a directory written by `lnmt-export` (CTranslate2), on every test set of `data`
+    """Test a checkpoint, an ensemble of checkpoints (`ckpt_path=[a.ckpt,b.ckpt]`), or a directory written by
+    `lnmt-export` (CTranslate2), on every test set of `data`
     (default: the corpus it was trained on); with `split=val` on its validation set instead.
 
     Returns {test set: {bleu, signature, bleu_tok_lc, signature_tok_lc, chrf, loss, ppl, sentences, hypotheses,
     ...}} (`hypotheses`: the file of its translations, `<output stem>.<test set>.hyp.txt`):
     `bleu` and `chrf` are sacreBLEU's corpus scores (the torchmetrics values logged during training agree with
     them), `bleu_tok_lc` the lowercased Moses-tokenised BLEU of published Multi30k results (`metrics.py`);
-    `loss` and `ppl` (teacher-forced) are those of a checkpoint only, None for an exported model.
+    `loss` and `ppl` (teacher-forced) are those of a checkpoint only, None for an exported model or an ensemble.
     """
-    decoding = {"beam_size": cfg.beam_size, "length_penalty": cfg.length_penalty, "max_input_len": cfg.max_input_len}
+    decoding = decoding_keys(cfg)
     device = inference_device(cfg.accelerator)  # a GPU that is not there: the first error
-    exported = Path(cfg.ckpt_path).is_dir()
-    if exported:
-        translator = Translator.from_ctranslate2(cfg.ckpt_path, cfg.accelerator, max_tokens=cfg.batch_max_tokens,
-                                                 **decoding)
-        model, trained_data = translator.backend, translator.backend.metadata.get("data") or {}
-    else:
-        model = TranslationModule.load(cfg.ckpt_path)
+    paths = model_paths(cfg.ckpt_path)
+    single = isinstance(paths, str) and not Path(paths).is_dir()  # a checkpoint: tested by Lightning, with its loss
+    if single:
+        model = TranslationModule.load(paths)
         cpu_kernels.apply(model.model, cfg.speedups)  # the command line's speedups, not the checkpoint's
         model.decoding = decoding_overrides(model.decoding, **decoding)
-        trained_data = model.hparams.data or {}
+        tokenizer, settings, trained_data = model.tokenizer, model.decoding, model.hparams.data or {}
+    else:  # an exported model (CTranslate2) or an ensemble
+        translator = Translator.load(paths, cfg.accelerator, speedups=cfg.speedups, max_tokens=cfg.batch_max_tokens,
+                                     **decoding)
+        backend = translator.backend
+        tokenizer, settings = backend.tokenizer, translator.decoding
+        trained_data = backend.training_data
     data_cfg = to_dict(cfg.data) if cfg.data is not None else dict(trained_data)
     check_direction(trained_data, data_cfg)
     data_cfg["eval_max_tokens"] = cfg.batch_max_tokens
     datamodule = ParallelDataModule(**data_cfg)
     datamodule.prepare_data()
-    datamodule.setup_eval(model.tokenizer, cfg.split)
-    if exported:
+    datamodule.setup_eval(tokenizer, cfg.split)
+    if single:
+        hypotheses, losses = _test(model, datamodule, device)
+    else:
         hypotheses = {name: translator.translate(datamodule.sources(name)) for name in datamodule.test_names}
         losses: dict[str, tuple[float | None, float | None]] = {name: (None, None) for name in hypotheses}
-    else:
-        hypotheses, losses = _test(model, datamodule, device)
     results: dict[str, Any] = {}
-    lowercase = model.tokenizer.settings["lowercase"]  # a model trained on lowercased text: case is not scored
+    lowercase = tokenizer.settings["lowercase"]  # a model trained on lowercased text: case is not scored
     for name, hyps in hypotheses.items():
         refs = datamodule.references(name)
         sacre, tok_lc = bleu(hyps, refs, lowercase), bleu_tok_lc(hyps, refs, datamodule.tgt_lang)
@@ -73,8 +77,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "loss": losses[name][0],
             "ppl": losses[name][1],
             "sentences": len(hyps),
-            "beam_size": model.decoding.beam_size,
-            "length_penalty": model.decoding.length_penalty,
+            "beam_size": settings.beam_size,
+            "length_penalty": settings.length_penalty,
+            "decoding": {key: value for key, value in settings.to_dict().items() if key != "attention"},
             "by_source_length": bleu_by_length(datamodule.sources(name), hyps, refs, cfg.length_buckets,
                                                datamodule.tgt_lang, lowercase),
         }
@@ -86,7 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             path = output.with_name(f"{output.stem}.{name}.{kind}.txt")
             atomic_write_text(path, "".join(f"{line}\n" for line in lines))
             results[name][key] = str(path)
-    text = json.dumps({"ckpt_path": str(cfg.ckpt_path), "results": results}, indent=2)
+    text = json.dumps({"ckpt_path": paths, "results": results}, indent=2, default=str)
     atomic_write_text(output, text + "\n")
     print(text)
     return results

@@ -9,7 +9,6 @@ rebuilds a translator.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,11 @@ from lightning_nmt.data.tokenizer import Tokenizer
 from lightning_nmt.errors import TrainingDiverged
 from lightning_nmt.evaluation import EvalCollector, EvalMetrics, Translations, references, trim
 from lightning_nmt.guard import NonFiniteGuard
+from lightning_nmt.inference import InferenceModel, translate_ids
 from lightning_nmt.kernels import cpu as cpu_kernels
-from lightning_nmt.models import build_model, segments
-from lightning_nmt.models.search import DecodingConfig, SearchResult, search
+from lightning_nmt.models import build_model
 from lightning_nmt.optim import configure_optimizers, rescale_learning_rates
+from lightning_nmt.search import DecodingConfig, SearchResult, segments
 from lightning_nmt.tokens import PAD_ID
 
 
@@ -101,17 +101,25 @@ class TranslationModule(L.LightningModule):
             scheduler.step()
 
     # ---- decoding -----------------------------------------------------------------------------
-    def translate(self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int | None = None,
-                  nbest: int = 1) -> SearchResult:
-        """Search with the configured decoding settings; `beam_size=1` is greedy. A source longer than
-        `max_input_len` pieces is translated in segments (`lightning_nmt.models.segments`)."""
-        decoding = self.decoding if beam_size is None else replace(self.decoding, beam_size=beam_size)
+    def translate(self, src: torch.Tensor, src_lengths: torch.Tensor, decoding: DecodingConfig | None = None,
+                  **overrides: Any) -> SearchResult:
+        """Search with `decoding` (None: the configured settings), flat keys `overrides` over it (`beam_size=3`). A
+        source longer than `max_input_len` pieces is translated in segments (`lightning_nmt.search.segments`)."""
+        decoding = (decoding or self.decoding).with_overrides(**overrides) if overrides else decoding or self.decoding
+        limit = decoding.max_input_len or (self.hparams.data or {}).get("max_len")
+        return translate_ids(self.model, src, src_lengths, decoding, limit, self._boundaries())
 
-        def run(rows: torch.Tensor, lengths: torch.Tensor) -> SearchResult:
-            with cpu_kernels.decoding(self.model) as topk:  # with speedups=auto on the CPU: packed weights, top-k
-                return search(self.model, rows, lengths, decoding, nbest, topk)
+    def inference_model(self) -> InferenceModel:
+        """This module's model, tokenizer and settings, for a `Translator` (shared, not copied)."""
+        model_type = str(self.hparams.model.get("type", type(self.model).__name__))
+        return InferenceModel(self.model.eval(), self.tokenizer, self.decoding, dict(self.hparams.data or {}),
+                              model_type, ["module"])
 
-        return segments.bounded(run, src, src_lengths, self.max_input_len, self._boundaries())
+    @property
+    def validation_decoding(self) -> DecodingConfig:
+        """Validation's search: beam search of `decoding.val_beam_size` (1: greedy), one hypothesis."""
+        return DecodingConfig.from_dict({"strategy": "beam", "beam_size": self.decoding.val_beam_size, "nbest": 1},
+                                        self.decoding)
 
     @property
     def max_input_len(self) -> int | None:
@@ -127,7 +135,7 @@ class TranslationModule(L.LightningModule):
 
     # ---- validation and test ------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, torch.Tensor], metrics: EvalMetrics, split: str,
-                   beam_size: int) -> SearchResult:
+                   decoding: DecodingConfig) -> SearchResult:
         """Loss (of the sources within `max_input_len`) and translations of one batch; returns the search result
         (callbacks read its attention in `on_test_batch_end`)."""
         within = self.collector.within_input_limit(batch, split, self.max_input_len)
@@ -139,7 +147,7 @@ class TranslationModule(L.LightningModule):
             nll, n_tokens = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device)
         metrics.nll.update(nll)
         metrics.tokens.update(n_tokens)
-        result = self.translate(batch["src"], batch["src_lengths"], beam_size=beam_size)
+        result = self.translate(batch["src"], batch["src_lengths"], decoding)
         ids = batch["ids"].tolist()
         hyps = self.tokenizer.decode_tgt([nbest[0] for nbest in result.tokens])
         self.collector.add(split, ids, hyps, references(self._trainer, split, ids, batch, self.tokenizer.decode_tgt))
@@ -149,7 +157,7 @@ class TranslationModule(L.LightningModule):
         self.collector.reset("val")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val", self.decoding.val_beam_size)
+        self._eval_step(batch, self.val_metrics, "val", self.validation_decoding)
 
     def on_validation_epoch_end(self) -> None:
         self.translations["val"] = self.collector.gather("val", self.trainer.world_size)
@@ -172,7 +180,7 @@ class TranslationModule(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> SearchResult:
         return self._eval_step(batch, self.test_metrics[dataloader_idx], self.eval_names[dataloader_idx],
-                               self.decoding.beam_size)
+                               self.decoding)
 
     def on_test_epoch_end(self) -> None:
         tgt_lang = (self.hparams.data or {}).get("tgt_lang")

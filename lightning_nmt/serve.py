@@ -1,11 +1,13 @@
-"""`lnmt-serve MODEL [--host 127.0.0.1] [--port 8000] [--beam-size N] [--max-batch-tokens N] [--max-wait-ms N]
-[--max-sentences N] [--max-request-tokens N] [--device cpu]`: an HTTP translation server, and a page at `/` that
+"""`lnmt-serve MODEL [MODEL ...] [--host 127.0.0.1] [--port 8000] [--beam-size N] [--max-batch-tokens N] [--max-wait-ms
+N] [--max-sentences N] [--max-request-tokens N] [--device cpu]`: an HTTP translation server, and a page at `/` that
 translates what is typed and draws each sentence's attention.
 
-MODEL is a checkpoint (`TorchBackend`) or an exported CTranslate2 directory (`lightning_nmt.ct2.CTranslate2Model`).
-Endpoints (the OpenNMT-py / Eole shape):
+MODEL is a checkpoint (`TorchBackend`; several: an ensemble) or an exported CTranslate2 directory
+(`lightning_nmt.ct2.CTranslate2Model`). Endpoints (the OpenNMT-py / Eole shape):
 
     POST /translate  {"src": ["...", ...], "beam_size": 5, "nbest": 1, "attention": false}
+                     and any decoding key (`DECODING_FIELDS`: "strategy": "sampling", "top_p": 0.9, "seed": 1,
+                     "no_repeat_ngram_size": 3, ...); length limits and max_input_len are the server's
                   -> {"translations": [[{"tgt": "...", "score": -1.23}, ...nbest], ...one list per src line]}
                      with "attention": true each hypothesis also has "attention" ([output piece][source piece];
                      null for a model without attention), "src_pieces" and "tgt_pieces" (their labels: `</s>`
@@ -21,7 +23,7 @@ Bad input is a 4xx answer `{"error": "one line"}` (400 malformed JSON or UTF-8, 
 
 Concurrent requests are batched: their sentences wait in one queue, and a single worker task, when the model can
 take a call (one at a time for a checkpoint, one per CTranslate2 worker for an exported model), takes the oldest
-sentence's (beam_size, nbest, attention) group, waits up to --max-wait-ms for more of it (less when the model was
+sentence's group (its request's decoding settings), waits up to --max-wait-ms for more of it (less when the model was
 busy: the wait counts from the oldest sentence's arrival) up to --max-batch-tokens padded source pieces, and runs the
 model on them in a thread; each request gets its own results back in its order. On SIGTERM (or Ctrl-C) the server
 stops accepting connections, answers the requests in flight, then exits with status 0.
@@ -42,18 +44,21 @@ from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lightning_nmt.backends import Backend, load_backend
+from lightning_nmt.backend_api import Backend
+from lightning_nmt.backends import load_backend
 from lightning_nmt.batcher import Batcher, TranslationFailed
 from lightning_nmt.errors import UserError
+from lightning_nmt.search import SEARCHES, DecodingConfig
+from lightning_nmt.search.schema import flat_decoding_keys
 
 log = logging.getLogger("lightning_nmt.serve")
 
@@ -68,26 +73,39 @@ class RequestError(Exception):
         self.status, self.message = status, message
 
 
+SERVER_KEYS = ("max_len_ratio", "max_len_offset", "min_len_ratio", "max_input_len", "val_beam_size")
+"""Decoding keys a request may not set: the length limits are the server's."""
+
+
 @dataclass
 class Settings:
-    """Decoding defaults and limits (the command line's)."""
+    """Decoding defaults and limits (the command line's): a request's decoding settings default to the model's with
+    `beam_size`."""
 
     beam_size: int = 5
-    max_beam_size: int = 16
+    max_beam_size: int = 16  # beam_size and nbest of a request, every strategy
     max_batch_tokens: int = 4096
     max_wait_ms: float = 10.0
     max_sentences: int = 64
     max_request_tokens: int = 4096
 
 
-class TranslateRequest(BaseModel):
-    """POST /translate. `beam_size` null: the server's default; `nbest` <= beam_size."""
-
+class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    src: list[str]
-    beam_size: int | None = None
-    nbest: int = 1
-    attention: bool = False
+
+
+def _request_model() -> type[BaseModel]:
+    """POST /translate: `src`, `attention`, and every decoding key of a registered strategy but the server's length
+    limits (`SERVER_KEYS`); null or absent: the server's default."""
+    strategies: Any = Literal[tuple(SEARCHES)]  # type: ignore[valid-type]
+    fields: dict[str, Any] = {"src": (list[str], ...), "attention": (bool, False)}
+    for name, kind, _ in flat_decoding_keys():
+        if name not in SERVER_KEYS:
+            fields[name] = (Optional[strategies] if name == "strategy" else kind, None)  # noqa: UP045
+    return create_model("TranslateRequest", __base__=_Request, **fields)
+
+
+TranslateRequest = _request_model()
 
 
 def _field(loc: Sequence[Any]) -> str:
@@ -101,13 +119,14 @@ def _field(loc: Sequence[Any]) -> str:
 def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
     """The FastAPI application serving `backend`."""
     settings = settings or Settings()
+    defaults = backend.decoding.with_overrides(beam_size=settings.beam_size)
     batcher = Batcher(backend, settings.max_batch_tokens, settings.max_wait_ms)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         batcher.start()
-        log.info("serving %s (%s, %s backend): beam_size=%d, max_batch_tokens=%d, max_wait_ms=%g",
-                 backend.name, backend.model_type, backend.backend, settings.beam_size,
+        log.info("serving %s (%s, %s backend): %s, beam_size=%d, max_batch_tokens=%d, max_wait_ms=%g",
+                 backend.name, backend.model_type, backend.backend, defaults.strategy, defaults.beam_size,
                  settings.max_batch_tokens, settings.max_wait_ms)
         yield
         await batcher.stop()  # uvicorn calls this once the requests in flight are answered
@@ -173,15 +192,29 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
             first = err.errors()[0]
             raise RequestError(422, f"{_field(first['loc'])}: {first['msg'][0].lower()}{first['msg'][1:]}") from None
 
+    def request_decoding(req: BaseModel) -> DecodingConfig:
+        """The request's decoding settings over the server's defaults, checked by the one check and the backend's:
+        400 naming the key of a value out of range or options that contradict each other."""
+        given = {key: value for key, value in req.model_dump().items() if key != "src"}
+        try:
+            decoding = defaults.with_overrides(**given)
+        except ValueError as err:
+            raise RequestError(400, str(err).replace("decoding.", "")) from None
+        for key in ("beam_size", "nbest"):
+            if getattr(decoding, key) > settings.max_beam_size:
+                raise RequestError(400, f"{key} must be between 1 and {settings.max_beam_size} (--max-beam-size), "
+                                        f"got {getattr(decoding, key)}")
+        try:
+            backend.check(decoding)
+        except UserError as err:
+            raise RequestError(400, str(err)) from None
+        return decoding
+
     @app.post("/translate", openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": TranslateRequest.model_json_schema()}}}})
     async def translate(request: Request) -> JSONResponse:
         req = parse(await read_body(request))
-        beam_size = settings.beam_size if req.beam_size is None else req.beam_size
-        if not 1 <= beam_size <= settings.max_beam_size:
-            raise RequestError(400, f"beam_size must be between 1 and {settings.max_beam_size}, got {beam_size}")
-        if not 1 <= req.nbest <= beam_size:
-            raise RequestError(400, f"nbest must be between 1 and beam_size={beam_size}, got {req.nbest}")
+        decoding = request_decoding(req)
         if not req.src:
             raise RequestError(400, "src is empty: give at least one sentence")
         if len(req.src) > settings.max_sentences:
@@ -194,7 +227,7 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
         if batcher.closing:
             raise RequestError(503, "the server is shutting down")
         try:
-            results = await batcher.translate(req.src, pieces, beam_size, req.nbest, req.attention)
+            results = await batcher.translate(req.src, pieces, decoding)
         except TranslationFailed as err:
             return error(500, f"translation failed: {err}")
         batcher.stats.requests += 1
@@ -222,7 +255,7 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
         return {"models": [{
             "name": backend.name, "type": backend.model_type, "backend": backend.backend,
             "device": str(getattr(backend, "device", "")) or None,
-            "decoding": {"beam_size": settings.beam_size, "nbest": 1, "attention": False},
+            "decoding": defaults.to_dict(), "strategies": list(SEARCHES),
             "limits": {"max_beam_size": settings.max_beam_size, "max_sentences": settings.max_sentences,
                        "max_request_tokens": settings.max_request_tokens, "max_input_len": backend.max_input_len,
                        "max_batch_tokens": settings.max_batch_tokens, "max_wait_ms": settings.max_wait_ms,
@@ -276,14 +309,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = Settings()
     parser = argparse.ArgumentParser(
         prog="lnmt-serve", description="Serve a lightning-nmt model over HTTP (POST /translate, a page at /).")
-    parser.add_argument("model", metavar="MODEL", help="a checkpoint (.ckpt) or an exported CTranslate2 directory")
+    parser.add_argument("model", metavar="MODEL", nargs="+",
+                        help="a checkpoint (.ckpt), several (an ensemble: their log-probabilities averaged), or an "
+                             "exported CTranslate2 directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this "
                         "machine only; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, default=8000, help="default: 8000")
     parser.add_argument("--beam-size", type=_positive, default=None,
                         help="default beam size of a request (default: the checkpoint's decoding.beam_size)")
     parser.add_argument("--max-beam-size", type=_positive, default=defaults.max_beam_size,
-                        help=f"largest beam_size a request may ask for (default: {defaults.max_beam_size})")
+                        help=f"largest beam_size, and nbest of every strategy, a request may ask for (default: "
+                             f"{defaults.max_beam_size})")
     parser.add_argument("--max-batch-tokens", type=_positive, default=defaults.max_batch_tokens,
                         help="padded source pieces of one model batch: sentences x the longest "
                              f"(default: {defaults.max_batch_tokens})")

@@ -1,5 +1,6 @@
-"""`lnmt-translate ckpt_path=PATH input=FILE|- output=FILE|- [beam_size=N] [nbest=N] [attention_dir=DIR]`,
-and `Translator`, the same as a Python API.
+"""`lnmt-translate ckpt_path=PATH|[A.ckpt,B.ckpt] input=FILE|- output=FILE|- [beam_size=N] [nbest=N] [strategy=sampling
+top_k=N seed=N ...] [attention_dir=DIR]`, and `Translator`, the same as a Python API. Imports no training code: the
+model is the plain `Seq2Seq` of the checkpoint (`lightning_nmt.inference`), or an exported CTranslate2 model.
 
 The input is read and translated in chunks (`chunk_lines` lines or `chunk_tokens` words, whichever comes first,
 and, from a pipe or a terminal, whatever has arrived when the input pauses): each chunk is batched by length,
@@ -16,25 +17,45 @@ import select
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import make_dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Optional
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 from lightning_nmt.atomic import atomic_path
 from lightning_nmt.backends import Backend, Hypothesis, TorchBackend, load_backend
 from lightning_nmt.cli import decoding_overrides, run_cli
-from lightning_nmt.config import CONF_DIR, register_configs
 from lightning_nmt.data.errors import DataError
 from lightning_nmt.errors import ConfigError
-from lightning_nmt.module import TranslationModule
-from lightning_nmt.plotting import plot_attention
+from lightning_nmt.kernels.cpu import Speedups
+from lightning_nmt.search.schema import flat_decoding_keys
 
-register_configs()
+if TYPE_CHECKING:
+    from lightning_nmt.module import TranslationModule
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 log = logging.getLogger("lightning_nmt")
+
+
+TranslateConfig = make_dataclass("TranslateConfig", [
+    ("ckpt_path", Any, "???"),  # a checkpoint, a list of checkpoints (an ensemble), or an exported directory
+    ("input", str, "-"),
+    ("output", str, "-"),
+    *flat_decoding_keys(),  # beam_size=, nbest=, strategy=, top_k=, seed=, ...: None keeps the checkpoint's
+    ("attention_dir", Optional[str], None),  # noqa: UP045
+    ("batch_max_tokens", int, 8192),
+    ("chunk_lines", int, 1000),  # the input is read and translated this many lines at a time ...
+    ("chunk_tokens", int, 50000),  # ... or this many words, whichever comes first (or when the input pauses)
+    ("accelerator", str, "cpu"),
+    ("speedups", Speedups, Speedups.auto),  # auto: the CPU kernels with accelerator=cpu; off: plain PyTorch
+])
+"""`lnmt-translate`'s keys (conf/translate.yaml)."""
+ConfigStore.instance().store(name="translate_schema", node=TranslateConfig)
 
 Hypotheses = list[tuple[str, float]]
 """The n best translations of one line, best first: (translation, score)."""
@@ -44,8 +65,8 @@ def translate_lines(module: TranslationModule, lines: Sequence[str], beam_size: 
                     max_tokens: int = 8192, attention_dir: str | Path | None = None,
                     first_line: int = 1) -> list[Hypotheses]:
     """Translate raw sentences with a module (see `Translator.translate_nbest`): [line][nbest] (translation, score)."""
-    return Translator(TorchBackend(module, "module"), max_tokens).translate_nbest(lines, nbest, attention_dir,
-                                                                                  first_line, beam_size)
+    translator = Translator(TorchBackend(module.inference_model()), max_tokens, beam_size=beam_size)
+    return translator.translate_nbest(lines, nbest, attention_dir, first_line)
 
 
 def _batches(pieces: dict[int, int], max_tokens: int) -> Iterator[list[int]]:
@@ -82,54 +103,59 @@ class Translator:
     """A trained model as a translator, on either backend (`lightning_nmt.backends`):
 
         translator = Translator.from_checkpoint("run/checkpoints/last.ckpt", beam_size=5)   # PyTorch
+        translator = Translator.from_checkpoint(["a.ckpt", "b.ckpt"])                       # an ensemble
         translator = Translator.from_ctranslate2("exported/", beam_size=5)                  # lnmt-export's output
         translator.translate(["A man is riding a bike."])          # -> ["Ein Mann fährt Fahrrad."]
         translator.translate_nbest(lines, nbest=3)                 # -> [[(translation, score), ...], ...]
         translator.hypotheses(lines, attention=True)               # -> [[Hypothesis(tgt, score, pieces, weights)]]
+        translator.hypotheses(lines, strategy="sampling", top_p=0.9, seed=1, nbest=4)      # any decoding key
         for line in translator.stream(open("big.txt")): ...        # constant memory, input order
     """
 
     def __init__(self, backend: Backend, max_tokens: int = 8192, **decoding: Any) -> None:
-        """`max_tokens`: padded source pieces per batch; `decoding`: `DecodingConfig` fields replacing the model's
-        (e.g. `beam_size=5`), None: keep."""
+        """`max_tokens`: padded source pieces per batch; `decoding`: flat decoding keys over the model's own settings
+        (e.g. `beam_size=5`, `strategy="sampling"`; None: keep), checked here: a value the backend cannot run is a
+        one-line `ConfigError`."""
         self.backend, self.max_tokens = backend, max_tokens
-        backend.decoding = decoding_overrides(backend.decoding, **decoding)
+        self.decoding = decoding_overrides(backend.decoding, **decoding)
+        backend.check(self.decoding)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", speedups: str | None = None,
-                        **settings: Any) -> Translator:
-        """Load `path` (`TranslationModule.load`) onto `device` (`cpu`, `gpu`/`cuda`, `auto`); `speedups`
-        (`auto`/`off`) replaces the checkpoint's; `settings` are the constructor's keywords."""
+    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], device: str = "cpu",
+                        speedups: str | None = None, **settings: Any) -> Translator:
+        """Load `path` (several: an ensemble; `lightning_nmt.inference.InferenceModel.load`) onto `device` (`cpu`,
+        `gpu`/`cuda`, `auto`); `speedups` (`auto`/`off`) replaces the checkpoint's; `settings` are the constructor's
+        keywords."""
         return cls(TorchBackend.load(path, device, speedups=speedups), **settings)
 
     @classmethod
     def from_ctranslate2(cls, path: str | Path, device: str = "cpu", threads: int = 0, compute_type: str = "default",
                          **settings: Any) -> Translator:
-        """Load a directory written by `lnmt-export` into CTranslate2 (`pip install 'lightning-nmt[serve]'`);
-        `threads`: CPU threads (0: one per core; see `CTranslate2Model`); `settings` are the constructor's keywords."""
-        return cls(load_backend(path, device, threads, compute_type=compute_type), **settings)
+        """Load a directory written by `lnmt-export` into CTranslate2 (`pip install -e '.[serve]'`); `threads`: CPU
+        threads (0: one per core; see `CTranslate2Model`); `settings` are the constructor's keywords (a `seed` is
+        CTranslate2's, set at load)."""
+        return cls(load_backend(path, device, threads, compute_type=compute_type, seed=settings.get("seed")),
+                   **settings)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", speedups: str | None = None, **settings: Any) -> Translator:
-        """A checkpoint file (`from_checkpoint`) or an exported directory (`from_ctranslate2`)."""
-        return cls(load_backend(path, device, speedups=speedups), **settings)
+    def load(cls, path: str | Path | Sequence[str | Path], device: str = "cpu", speedups: str | None = None,
+             **settings: Any) -> Translator:
+        """Checkpoint files (`from_checkpoint`) or an exported directory (`from_ctranslate2`)."""
+        return cls(load_backend(path, device, speedups=speedups, seed=settings.get("seed")), **settings)
 
-    @property
-    def module(self) -> TranslationModule:
-        """The PyTorch module (`from_checkpoint` only)."""
-        return self.backend.module
-
-    def hypotheses(self, lines: Sequence[str], nbest: int = 1, attention: bool = False, first_line: int = 1,
-                   beam_size: int | None = None) -> list[list[Hypothesis]]:
-        """The `nbest` best translations of each line, batched by length. Empty (or whitespace-only) lines give an
-        empty translation without running the model; a line longer than `max_input_len` pieces is translated in
-        segments, with a warning naming its line number (`first_line` is the number of `lines[0]`)."""
-        beam_size = beam_size or self.backend.decoding.beam_size
+    def hypotheses(self, lines: Sequence[str], nbest: int | None = None, attention: bool = False,
+                   first_line: int = 1, **decoding: Any) -> list[list[Hypothesis]]:
+        """The `nbest` best translations of each line, batched by length, with this translator's decoding settings
+        and the flat keys `decoding` over them. Empty (or whitespace-only) lines give an empty translation without
+        running the model; a line longer than `max_input_len` pieces is translated in segments, with a warning naming
+        its line number (`first_line` is the number of `lines[0]`)."""
+        settings = decoding_overrides(self.decoding, nbest=nbest, attention=attention, **decoding)
+        self.backend.check(settings)
         results: list[list[Hypothesis]] = [[Hypothesis("", 0.0, [], [], None)] for _ in lines]
         pieces = {i: self.backend.count_pieces(line) for i, line in enumerate(lines) if line.strip()}
-        _warn_long(pieces, first_line, self.backend.max_input_len)
+        _warn_long(pieces, first_line, settings.max_input_len or self.backend.max_input_len)
         for batch in _batches(pieces, self.max_tokens):
-            found = self.backend.translate_batch([lines[i] for i in batch], beam_size, nbest, attention)
+            found = self.backend.translate_batch([lines[i] for i in batch], settings)
             for i, hyps in zip(batch, found, strict=True):
                 results[i] = hyps
         return results
@@ -138,16 +164,19 @@ class Translator:
         """The best translation of each line."""
         return [hyps[0][0] for hyps in self.translate_nbest(lines)]
 
-    def translate_nbest(self, lines: Sequence[str], nbest: int = 1, attention_dir: str | Path | None = None,
-                        first_line: int = 1, beam_size: int | None = None) -> list[Hypotheses]:
+    def translate_nbest(self, lines: Sequence[str], nbest: int | None = None, attention_dir: str | Path | None = None,
+                        first_line: int = 1, **decoding: Any) -> list[Hypotheses]:
         """The `nbest` best translations of each line with their scores (see `hypotheses`). With `attention_dir`,
         one heatmap per translated line is written there (`<line number>.png`)."""
-        found = self.hypotheses(lines, nbest, attention_dir is not None, first_line, beam_size)
-        for i, hyps in enumerate(found):
-            best = hyps[0]
-            if attention_dir is not None and best.attention is not None:
-                plot_attention(torch.tensor(best.attention), best.src_pieces, [*best.tgt_pieces, "</s>"],
-                               Path(attention_dir) / f"{first_line + i:05d}.png", title=best.tgt[:80])
+        found = self.hypotheses(lines, nbest, attention_dir is not None, first_line, **decoding)
+        if attention_dir is not None:
+            from lightning_nmt.plotting import plot_attention  # matplotlib: only when heatmaps are asked for
+
+            for i, hyps in enumerate(found):
+                best = hyps[0]
+                if best.attention is not None:
+                    plot_attention(torch.tensor(best.attention), best.src_pieces, [*best.tgt_pieces, "</s>"],
+                                   Path(attention_dir) / f"{first_line + i:05d}.png", title=best.tgt[:80])
         return [[(hyp.tgt, hyp.score) for hyp in hyps] for hyps in found]
 
     def stream(self, lines: Iterable[str], chunk_lines: int = 1000) -> Iterator[str]:
@@ -160,6 +189,23 @@ class Translator:
                 chunk = []
         if chunk:
             yield from self.translate(chunk)
+
+
+def model_paths(ckpt_path: Any) -> str | list[str]:
+    """`ckpt_path` of a command line: one path, or a list of them (an ensemble: `ckpt_path=[a.ckpt,b.ckpt]`)."""
+    if isinstance(ckpt_path, ListConfig):
+        ckpt_path = OmegaConf.to_container(ckpt_path)
+    if isinstance(ckpt_path, (list, tuple)):
+        if not ckpt_path:
+            raise ConfigError("ckpt_path=[] names no checkpoint")
+        return [str(path) for path in ckpt_path] if len(ckpt_path) > 1 else str(ckpt_path[0])
+    return str(ckpt_path)
+
+
+def decoding_keys(cfg: DictConfig) -> dict[str, Any]:
+    """The flat decoding keys a command line set (None: the checkpoint's), as plain values."""
+    values = {name: cfg.get(name) for name, *_ in flat_decoding_keys()}
+    return {name: getattr(value, "value", value) for name, value in values.items() if value is not None}
 
 
 # ---- reading the input in chunks ------------------------------------------------------------------------
@@ -221,12 +267,10 @@ def _open_output(path: str) -> Iterator[IO[str]]:
 
 
 def translate(cfg: DictConfig) -> None:
-    translator = Translator.load(cfg.ckpt_path, cfg.accelerator, speedups=cfg.speedups,
-                                 max_tokens=cfg.batch_max_tokens, beam_size=cfg.beam_size,
-                                 length_penalty=cfg.length_penalty, max_input_len=cfg.max_input_len)
-    beam_size = translator.backend.decoding.beam_size
-    if not 1 <= cfg.nbest <= beam_size:
-        raise ConfigError(f"nbest={cfg.nbest} needs 1 <= nbest <= beam_size (beam_size={beam_size}; set beam_size=N)")
+    decoding = decoding_keys(cfg)
+    translator = Translator.load(model_paths(cfg.ckpt_path), cfg.accelerator, speedups=cfg.speedups,
+                                 max_tokens=cfg.batch_max_tokens, **decoding)
+    nbest = translator.decoding.nbest
     if cfg.input == "-":
         lines, name = stdin_lines(sys.stdin.fileno()), "standard input"
     else:
@@ -235,8 +279,8 @@ def translate(cfg: DictConfig) -> None:
     with _open_output(cfg.output) as out, tqdm(unit=" lines", disable=True if cfg.output == "-" else None,
                                                file=sys.stderr) as progress:
         for chunk in read_chunks(lines, name, cfg.chunk_lines, cfg.chunk_tokens):
-            results = translator.translate_nbest(chunk, cfg.nbest, cfg.attention_dir, first_line=done + 1)
-            out.write(format_results(results, cfg.nbest, first_index=done))
+            results = translator.translate_nbest(chunk, nbest, cfg.attention_dir, first_line=done + 1)
+            out.write(format_results(results, nbest, first_index=done))
             out.flush()
             done += len(chunk)
             progress.update(len(chunk))

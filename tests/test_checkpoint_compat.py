@@ -31,10 +31,10 @@ def test_old_checkpoint_translates_as_before(model: str, speedups: str) -> None:
     assert greedy.translate(lines) == expected["greedy"]
     if expected["attention"] is None:
         return
-    module = beam.module
-    encoded = module.tokenizer.encode_src(lines[:4])
+    model = beam.backend.model
+    encoded = model.tokenizer.encode_src(lines[:4])
     batch = collate([Example(i, ids, None) for i, ids in enumerate(encoded)])
     with torch.inference_mode():
-        found = module.translate(batch["src"], batch["src_lengths"], beam_size=3)
+        found = model.translate_ids(batch["src"], batch["src_lengths"], beam.decoding)
     for row, weights in enumerate(expected["attention"]):
         torch.testing.assert_close(found.attention[row][0].float(), torch.tensor(weights), atol=1e-5, rtol=0)

@@ -25,7 +25,7 @@ from lightning_nmt.data.tokenizer import Tokenizer  # noqa: E402
 from lightning_nmt.errors import ConfigError  # noqa: E402
 from lightning_nmt.export import RECURRENT_MESSAGE, export, main  # noqa: E402
 from lightning_nmt.models import build_model  # noqa: E402
-from lightning_nmt.models.search import BeamStop  # noqa: E402
+from lightning_nmt.search.beam import BeamStop  # noqa: E402
 from lightning_nmt.module import TranslationModule  # noqa: E402
 from lightning_nmt.tokens import PAD_ID  # noqa: E402
 from lightning_nmt.translate import translate_lines  # noqa: E402
@@ -143,8 +143,8 @@ def test_a_batch_gives_each_line_its_own_search(fixture_export, monkeypatch, bea
     it alone gives (with limits tight enough that some lines stop at theirs). With best_finished, lines share calls
     only with lines of the same limits."""
     _, model, _ = fixture_export
-    monkeypatch.setattr(model, "decoding", dataclasses.replace(model.decoding, max_len_ratio=0.6, max_len_offset=2,
-                                                               beam_stop=BeamStop(beam_stop)))
+    monkeypatch.setattr(model, "decoding", model.decoding.with_overrides(max_len_ratio=0.6, max_len_offset=2,
+                                                                         beam_stop=BeamStop(beam_stop)))
     lines = [line for line in LINES + [p[0] for p in PAIRS] if line.strip()]
     calls: list[list[tuple[list[int], int, int]]] = []
     collect = model._collect

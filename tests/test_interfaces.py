@@ -13,7 +13,7 @@ import pytest
 
 from lightning_nmt import tokens
 from lightning_nmt.models.base import EncoderOutput
-from lightning_nmt.models.search import SearchResult
+from lightning_nmt.search import SearchResult
 from lightning_nmt.record import RunRecord
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "interfaces.md").read_text()

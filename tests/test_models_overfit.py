@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_nmt.data.tokenizer import PAD_ID
-from lightning_nmt.models import search
+from lightning_nmt.search import search
 from tests.test_models_build import MODEL_KINDS, random_batch, small_model
 
 SIZES = {"embedding_dim": 32, "encoder_hidden": 32, "decoder_hidden": 64, "d_model": 32, "ffn_dim": 64}

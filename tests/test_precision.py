@@ -18,7 +18,7 @@ from torch.profiler import profile
 from lightning_nmt.app import build_run
 from lightning_nmt.models import MODEL_TYPES, model_keys
 from lightning_nmt.models.layers import RNNS
-from lightning_nmt.models.search import search
+from lightning_nmt.search import search
 from tests.conftest import ROOT
 from tests.test_faults import config
 from tests.test_models_build import MODEL_KINDS, random_batch, small_model

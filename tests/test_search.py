@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from lightning_nmt.data.tokenizer import BOS_ID, EOS_ID
-from lightning_nmt.models import EncoderOutput, Seq2Seq, search
+from lightning_nmt.models import EncoderOutput, Seq2Seq
 from lightning_nmt.models.base import length_mask
-from lightning_nmt.models.search import DecodingConfig, beam_search, greedy
+from lightning_nmt.search import DecodingConfig, search
+from lightning_nmt.search.beam import beam_search
+from lightning_nmt.search.greedy import greedy
 from tests.test_models_build import MODEL_KINDS, make_batch, random_batch, small_model
 
 A, B = 4, 5  # the stub's two words

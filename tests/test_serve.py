@@ -29,7 +29,7 @@ pytest.importorskip("fastapi", reason="lnmt-serve needs the [serve] extra: pip i
 uvicorn = pytest.importorskip("uvicorn", reason="lnmt-serve needs the [serve] extra: pip install fastapi uvicorn")
 
 from lightning_nmt.backends import Backend, Hypothesis, TorchBackend  # noqa: E402
-from lightning_nmt.models.search import DecodingConfig  # noqa: E402
+from lightning_nmt.search import DecodingConfig  # noqa: E402
 from lightning_nmt.serve import MAX_BODY_BYTES, Settings, create_app, main  # noqa: E402
 from tests.browser import chromium_binary, headless_page  # noqa: E402
 
@@ -238,11 +238,28 @@ BAD = [
     ("too many sentences", {"src": ["a man ."] * 5}, 413, "5 sentences in one request: at most 4 (--max-sentences)"),
     ("too many pieces", {"src": ["a man . " * 20]}, 413, r"\d+ source pieces in one request: at most 50 "
                                                           r"\(--max-request-tokens\)"),
-    ("beam_size 0", {"src": ["a"], "beam_size": 0}, 400, "beam_size must be between 1 and 16, got 0"),
-    ("beam_size too large", {"src": ["a"], "beam_size": 17}, 400, "beam_size must be between 1 and 16, got 17"),
-    ("nbest 0", {"src": ["a"], "nbest": 0}, 400, "nbest must be between 1 and beam_size=5, got 0"),
+    ("beam_size 0", {"src": ["a"], "beam_size": 0}, 400, "beam_size must be at least 1, got 0"),
+    ("beam_size too large", {"src": ["a"], "beam_size": 17}, 400,
+     "beam_size must be between 1 and 16 (--max-beam-size), got 17"),
+    ("nbest 0", {"src": ["a"], "nbest": 0}, 400, "nbest must be at least 1, got 0"),
     ("nbest over beam_size", {"src": ["a"], "beam_size": 2, "nbest": 3}, 400,
-     "nbest must be between 1 and beam_size=2, got 3"),
+     "nbest=3 is more than strategy beam gives (at most 2 = beam_size)"),
+    ("nbest of sampling too large", {"src": ["a"], "strategy": "sampling", "nbest": 17}, 400,
+     "nbest must be between 1 and 16 (--max-beam-size), got 17"),
+    ("top_k with beam search", {"src": ["a"], "top_k": 5}, 400,
+     "top_k is an option of strategy sampling, not of beam (set strategy=sampling)"),
+    ("negative temperature", {"src": ["a"], "strategy": "sampling", "temperature": -1}, 400,
+     "temperature must be positive, got -1.0"),
+    ("top_p above 1", {"src": ["a"], "strategy": "sampling", "top_p": 1.5}, 400, "top_p must be in (0, 1], got 1.5"),
+    ("top_p 0", {"src": ["a"], "strategy": "sampling", "top_p": 0}, 400, "top_p must be in (0, 1], got 0.0"),
+    ("unknown strategy", {"src": ["a"], "strategy": "magic"}, 422,
+     "strategy: input should be 'greedy', 'beam' or 'sampling'"),
+    ("length limits are the server's", {"src": ["a"], "max_len_ratio": 9}, 422,
+     "max_len_ratio: extra inputs are not permitted"),
+    ("negative n-gram size", {"src": ["a"], "no_repeat_ngram_size": -1}, 400,
+     "no_repeat_ngram_size must not be negative, got -1"),
+    ("repetition_penalty 0", {"src": ["a"], "repetition_penalty": 0}, 400,
+     "repetition_penalty must be positive (1: off), got 0.0"),
 ]
 
 
@@ -280,8 +297,11 @@ def test_other_bad_requests_and_the_server_goes_on(serve):
 class FailingBackend:
     """A backend that fails on the line "boom", and upper-cases the others."""
 
-    name, backend, model_type, max_input_len, parallel_calls = "failing", "test", "test", None, 1
+    name, backend, model_type, max_input_len, parallel_calls, per_request_seed = "failing", "test", "test", None, 1, True
     decoding = DecodingConfig(beam_size=2)
+
+    def check(self, decoding: DecodingConfig) -> None:
+        decoding.check()
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
@@ -289,12 +309,11 @@ class FailingBackend:
     def count_pieces(self, line: str) -> int:
         return len(line.split()) + 1
 
-    def translate_batch(self, lines: list[str], beam_size: int, nbest: int,
-                        attention: bool) -> list[list[Hypothesis]]:
+    def translate_batch(self, lines: list[str], decoding: DecodingConfig) -> list[list[Hypothesis]]:
         self.batches.append(list(lines))
         if "boom" in lines:
             raise ValueError("the model broke")
-        return [[Hypothesis(line.upper(), -1.0, [], [])] * nbest for line in lines]
+        return [[Hypothesis(line.upper(), -1.0, [], [])] * decoding.nbest for line in lines]
 
 
 def test_a_failing_batch_is_a_500_and_the_server_goes_on():
@@ -351,15 +370,14 @@ class SlowBackend(FailingBackend):
         self.parallel_calls, self.seconds = parallel_calls, seconds
         self.lock, self.running, self.most = threading.Lock(), 0, 0
 
-    def translate_batch(self, lines: list[str], beam_size: int, nbest: int,
-                        attention: bool) -> list[list[Hypothesis]]:
+    def translate_batch(self, lines: list[str], decoding: DecodingConfig) -> list[list[Hypothesis]]:
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
         time.sleep(self.seconds)
         with self.lock:
             self.running -= 1
-        return super().translate_batch(lines, beam_size, nbest, attention)
+        return super().translate_batch(lines, decoding)
 
 
 @pytest.mark.parametrize("parallel_calls", [1, 2])

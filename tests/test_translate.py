@@ -15,8 +15,8 @@ import torch
 
 from lightning_nmt.app import train
 from lightning_nmt.data.tokenizer import EOS_ID
-from lightning_nmt.models.search import SearchResult
-from lightning_nmt.models.segments import bounded, cut_points, split_rows
+from lightning_nmt.search import SearchResult
+from lightning_nmt.search.segments import bounded, cut_points, split_rows
 from lightning_nmt.translate import Translator, read_chunks
 from tests.conftest import ROOT, compose_config
 
@@ -141,9 +141,14 @@ def test_unreadable_input_and_bad_utf8_are_one_line_errors(checkpoint, tmp_path)
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["nbest=3"], "nbest=3 needs 1 <= nbest <= beam_size (beam_size=2"),
+    (["nbest=3"], "nbest=3 is more than strategy beam gives (at most 2 = beam_size)"),
     (["beam_size=0"], "beam_size must be at least 1"),
     (["max_input_len=0"], "max_input_len must be at least 1"),
+    (["top_k=5"], "top_k is an option of strategy sampling, not of beam (set strategy=sampling)"),
+    (["strategy=sampling", "temperature=-1"], "temperature must be positive, got -1.0"),
+    (["strategy=sampling", "top_p=1.5"], "top_p must be in (0, 1], got 1.5"),
+    (["strategy=greedy", "nbest=2"], "nbest=2 is more than strategy greedy gives (at most 1)"),
+    (["strategy=sampling", "epsilon=1"], "epsilon must be in [0, 1), got 1.0"),
 ])
 def test_decoding_values_no_search_can_use_are_one_line_errors(checkpoint, tmp_path, args, message):
     """Before, nbest above the beam and beam_size=0 were tracebacks from inside the search, after the model

@@ -191,6 +191,18 @@ class Tokenizer:
         """Target ids -> piece strings, one per id (for attention heatmap labels)."""
         return [self._tgt.id_to_piece(int(i)) for i in ids]
 
+    def differences(self, other: Tokenizer) -> list[str]:
+        """What makes `other` segment or normalise text differently: the source or target sentencepiece model
+        (compared byte for byte), lowercasing. Empty: the same tokenizer."""
+        found = []
+        if self._src_model != other._src_model:
+            found.append("the source sentencepiece model")
+        if (self._tgt_model or self._src_model) != (other._tgt_model or other._src_model):
+            found.append("the target sentencepiece model")
+        if self.settings["lowercase"] != other.settings["lowercase"]:
+            found.append(f"lowercase ({self.settings['lowercase']} and {other.settings['lowercase']})")
+        return found
+
     def to_state(self) -> dict[str, Any]:
         """Primitive-typed state (loads under ``torch.load(weights_only=True)``)."""
         return {"version": STATE_VERSION, "settings": dict(self.settings),

@@ -52,11 +52,19 @@ import torch
 from torch import Tensor, nn
 
 from lightning_nmt.models.base import cpu_autocast_dtype
-from lightning_nmt.models.search import TopK
+from lightning_nmt.search.base import TopK
 
 log = logging.getLogger("lightning_nmt")
 
-SETTINGS = ("auto", "off")
+class Speedups(str, Enum):
+    """The `speedups` setting of every command: `auto` turns these kernels on for CPU runs, `off` keeps the plain
+    models."""
+
+    auto = "auto"
+    off = "off"
+
+
+SETTINGS = tuple(value.value for value in Speedups)
 """The values of `speedups`."""
 
 
@@ -207,7 +215,7 @@ def row_top(x: Tensor, k: int, block: int = 64) -> tuple[Tensor, Tensor]:
 
 @contextmanager
 def decoding(model: nn.Module) -> Iterator[TopK | None]:
-    """Around a search of `model` (`lightning_nmt.models.search.search`): yields the top-k function to pass it
+    """Around a search of `model` (`lightning_nmt.search.search`): yields the top-k function to pass it
     as `topk`. When `apply` turned the speed-ups on and the model is on the CPU: outside inference mode with
     gradients off, every `Linear` packed once (`packed_linears`), and `row_top`; else nothing changes (None:
     `torch.topk`)."""

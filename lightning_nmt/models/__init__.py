@@ -1,4 +1,4 @@
-"""Translation models: `build_model` makes one from the `model:` config group; `search` decodes.
+"""Translation models: `build_model` makes one from the `model:` config group; `lightning_nmt.search` decodes.
 
 Each model type declares what it reads (`ModelOptions`) next to its code and registers it (`MODEL_TYPES`);
 `conf/model/<type>.yaml` holds its values. Every module of this package is imported here, so a new module that
@@ -14,13 +14,12 @@ from dataclasses import MISSING, asdict, fields
 from typing import Any
 
 from lightning_nmt.models.base import MODEL_TYPES, EncoderOutput, ModelOptions, Seq2Seq, lookup, register_model
-from lightning_nmt.models.search import DecodingConfig, SearchResult, search
 
 for _module in pkgutil.iter_modules(__path__):  # each module registers its model types and attention scores
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["MODEL_TYPES", "DecodingConfig", "EncoderOutput", "ModelOptions", "SearchResult", "Seq2Seq",
-           "build_model", "model_differences", "model_options", "model_keys", "register_model", "search"]
+__all__ = ["MODEL_TYPES", "EncoderOutput", "ModelOptions", "Seq2Seq", "build_model", "model_differences",
+           "model_options", "model_keys", "register_model"]
 
 
 def model_keys(model_type: str) -> list[str]:

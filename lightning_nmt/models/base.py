@@ -142,7 +142,7 @@ class Seq2Seq(nn.Module, ABC):
     """An encoder-decoder translation model.
 
     Training: `forward` (teacher forcing) gives the output features, `project` turns them into logits.
-    Decoding (see `lightning_nmt.models.search`): `encode` once, `init_state`, then `decode_step` per
+    Decoding (see `lightning_nmt.search`): `encode` once, `init_state`, then `decode_step` per
     target position; `reorder` picks decoder-state rows (beams), `EncoderOutput.index_select` the
     encoder rows (sentences). A decoding step reads r >= 1 rows (hypotheses) per sentence of the encoder
     output, grouped by sentence: rows r * i ... r * i + r - 1 belong to sentence i.

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from lightning_nmt.models.search import SearchResult
+from lightning_nmt.search.base import SearchResult
 from lightning_nmt.tokens import EOS_ID, PAD_ID
 
 SENTENCE_END = (".", "!", "?", ";", ":", "…", "。", "！", "？")
