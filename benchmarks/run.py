@@ -39,8 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_nmt.data import ParallelDataModule
 from lightning_nmt.data.batching import collate
 from lightning_nmt.kernels.cpu import packable_dtypes, tune_process
-from lightning_nmt.search.beam import BeamStop
 from lightning_nmt.module import TranslationModule
+from lightning_nmt.search.beam import BeamStop
 
 ROOT = Path(__file__).resolve().parents[1]
 JOEY = ROOT.parent / "shared" / "bench" / "peers" / "joey_rnn.sh"

@@ -25,8 +25,8 @@ from lightning_nmt.data.tokenizer import Tokenizer  # noqa: E402
 from lightning_nmt.errors import ConfigError  # noqa: E402
 from lightning_nmt.export import RECURRENT_MESSAGE, export, main  # noqa: E402
 from lightning_nmt.models import build_model  # noqa: E402
-from lightning_nmt.search.beam import BeamStop  # noqa: E402
 from lightning_nmt.module import TranslationModule  # noqa: E402
+from lightning_nmt.search.beam import BeamStop  # noqa: E402
 from lightning_nmt.tokens import PAD_ID  # noqa: E402
 from lightning_nmt.translate import translate_lines  # noqa: E402
 

@@ -25,9 +25,9 @@ from lightning_nmt.data.formats import CORPORA
 from lightning_nmt.data.sample import generate_pairs
 from lightning_nmt.errors import ConfigError
 from lightning_nmt.models import MODEL_TYPES, build_model, model_keys
-from lightning_nmt.search import search
 from lightning_nmt.models.attention import ATTENTIONS
 from lightning_nmt.optim import OPTIMIZERS, SCHEDULES, configure_optimizers, make_optimizer
+from lightning_nmt.search import search
 from tests.test_models_build import SMALL, make_batch
 
 ROOT = Path(__file__).resolve().parents[1]

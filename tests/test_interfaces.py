@@ -13,8 +13,8 @@ import pytest
 
 from lightning_nmt import tokens
 from lightning_nmt.models.base import EncoderOutput
-from lightning_nmt.search import SearchResult
 from lightning_nmt.record import RunRecord
+from lightning_nmt.search import SearchResult
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "interfaces.md").read_text()
 SIGNATURES = re.findall(r"`(lightning_nmt\.[\w.]+)\(([^`]*)\)`", DOC.replace("\n  ", " "))

@@ -20,8 +20,8 @@ from lightning_nmt.config import Speedups, TrainConfig
 from lightning_nmt.data.tokenizer import EOS_ID, PAD_ID
 from lightning_nmt.kernels import cpu
 from lightning_nmt.kernels.cpu import Dropout, Linear, packable_dtypes, packed_linears, row_top
-from lightning_nmt.search import search
 from lightning_nmt.module import TranslationModule
+from lightning_nmt.search import search
 from tests.conftest import compose_config
 from tests.test_models_build import MODEL_KINDS, SMALL, random_batch, small_model
 

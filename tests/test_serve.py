@@ -297,7 +297,8 @@ def test_other_bad_requests_and_the_server_goes_on(serve):
 class FailingBackend:
     """A backend that fails on the line "boom", and upper-cases the others."""
 
-    name, backend, model_type, max_input_len, parallel_calls, per_request_seed = "failing", "test", "test", None, 1, True
+    name, backend, model_type, max_input_len, parallel_calls = "failing", "test", "test", None, 1
+    per_request_seed = True
     decoding = DecodingConfig(beam_size=2)
 
     def check(self, decoding: DecodingConfig) -> None:
