@@ -16,7 +16,7 @@ import torch
 
 ctranslate2 = pytest.importorskip("ctranslate2", reason="CTranslate2 is not installed (pip install ctranslate2)")
 
-from lightning_nmt.backends import Hypothesis  # noqa: E402
+from lightning_nmt.backends import Hypothesis, TorchBackend  # noqa: E402
 from lightning_nmt.ct2 import CTranslate2Model  # noqa: E402
 from lightning_nmt.data.batching import collate  # noqa: E402
 from lightning_nmt.data.dataset import Example  # noqa: E402
@@ -28,7 +28,7 @@ from lightning_nmt.models import build_model  # noqa: E402
 from lightning_nmt.module import TranslationModule  # noqa: E402
 from lightning_nmt.search.beam import BeamStop  # noqa: E402
 from lightning_nmt.tokens import PAD_ID  # noqa: E402
-from lightning_nmt.translate import translate_lines  # noqa: E402
+from lightning_nmt.translate import Translator, translate_lines  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
 TRANSFORMER = FIXTURES / "transformer.ckpt"
@@ -322,3 +322,45 @@ def test_translate_and_eval_take_an_exported_directory(fixture_export, tmp_path)
         scores.append(evaluate(cfg)["test"])
     assert scores[0]["bleu"] == scores[1]["bleu"] and scores[0]["sentences"] == scores[1]["sentences"] > 0
     assert scores[0]["loss"] > 0 and scores[1]["loss"] is None
+
+
+# ---- decoding options on CTranslate2 ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("penalties", [{"no_repeat_ngram_size": 2}, {"no_repeat_ngram_size": 1}, {"repetition_penalty": 1.6},
+                                       {"no_repeat_ngram_size": 3, "repetition_penalty": 1.3}])
+def test_penalties_under_greedy_give_our_outputs(fixture_export, penalties):
+    """CTranslate2 applies our rules (logits before the log-softmax, the output so far without BOS): greedy outputs
+    are equal."""
+    module, model, _ = fixture_export
+    lines = LINES[:8] + [p[0] for p in PAIRS]
+    decoding = module.decoding.with_overrides(beam_size=1, **penalties)
+    ours = Translator(TorchBackend(module.inference_model()), beam_size=1, **penalties).hypotheses(lines)
+    theirs = model.translate_batch(lines, decoding)
+    assert [h[0].tgt for h in theirs] == [o[0].tgt for o in ours]
+    plain = Translator(TorchBackend(module.inference_model()), beam_size=1).translate(lines)
+    assert plain != [o[0].tgt for o in ours]  # the penalties changed something
+
+
+def test_top_k_1_sampling_on_ctranslate2_is_greedy(fixture_export):
+    _, model, _ = fixture_export
+    lines = [p[0] for p in PAIRS[:8]]
+    greedy = model.translate_batch(lines, beam_size=1)
+    sampled = model.translate_batch(lines, strategy="sampling", top_k=1, nbest=3)
+    assert [h[0].tgt for h in sampled] == [h[0].tgt for h in greedy] and all(len(h) == 1 for h in sampled)
+
+
+def test_sampling_on_ctranslate2_is_seeded_at_load_and_refuses_what_it_cannot_run(fixture_export):
+    _, _, directory = fixture_export
+    lines = [p[0] for p in PAIRS[:6]]
+    runs = [CTranslate2Model(directory, seed=7).translate_batch(lines, strategy="sampling", seed=7, nbest=3)
+            for _ in range(2)]
+    assert [[h.tgt for h in hyps] for hyps in runs[0]] == [[h.tgt for h in hyps] for hyps in runs[1]]
+    for hyps in runs[0]:
+        assert len({h.tgt for h in hyps}) == len(hyps) and [h.score for h in hyps] == sorted(
+            [h.score for h in hyps], reverse=True)
+    model = CTranslate2Model(directory, seed=7)
+    assert model.workers == 1
+    for options, message in (({"seed": 8}, "seed=8 does not run on the ctranslate2 backend"),
+                             ({"epsilon": 0.1}, "epsilon does not run on the ctranslate2 backend")):
+        with pytest.raises(ConfigError, match=message):
+            model.translate_batch(lines, strategy="sampling", **options)

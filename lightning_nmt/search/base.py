@@ -201,7 +201,7 @@ def penalize(logits: Tensor, prefix: Tensor, decoding: DecodingConfig) -> Tensor
         logits = logits.scatter(1, prefix, torch.where(held > 0, held / decoding.repetition_penalty,
                                                        held * decoding.repetition_penalty))
     n = decoding.no_repeat_ngram_size
-    if n and prefix.size(1) >= n - 1:
+    if n and prefix.size(1) >= n:  # an n-gram to repeat needs n tokens
         if n == 1:
             return logits.scatter(1, prefix, float("-inf"))
         windows = prefix.unfold(1, n, 1)  # (R, t - n + 1, n): every n-gram of the prefix
