@@ -326,7 +326,8 @@ def test_translate_and_eval_take_an_exported_directory(fixture_export, tmp_path)
 
 # ---- decoding options on CTranslate2 ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("penalties", [{"no_repeat_ngram_size": 2}, {"no_repeat_ngram_size": 1}, {"repetition_penalty": 1.6},
+@pytest.mark.parametrize("penalties", [{"no_repeat_ngram_size": 2}, {"no_repeat_ngram_size": 1},
+                                       {"repetition_penalty": 1.6},
                                        {"no_repeat_ngram_size": 3, "repetition_penalty": 1.3}])
 def test_penalties_under_greedy_give_our_outputs(fixture_export, penalties):
     """CTranslate2 applies our rules (logits before the log-softmax, the output so far without BOS): greedy outputs
