@@ -145,7 +145,7 @@ class CTranslate2Model:
         try:
             import ctranslate2
         except ImportError:
-            raise ConfigError("the CTranslate2 backend needs ctranslate2: pip install 'lightning-nmt[serve]'") from None
+            raise ConfigError("the CTranslate2 backend needs ctranslate2: pip install -e '.[serve]'") from None
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
         try:

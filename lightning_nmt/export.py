@@ -79,7 +79,7 @@ def _ctranslate2() -> Any:
     try:
         import ctranslate2
     except ImportError:
-        raise ExportError("lnmt-export needs CTranslate2: pip install 'lightning-nmt[serve]'") from None
+        raise ExportError("lnmt-export needs CTranslate2: pip install -e '.[serve]'") from None
     return ctranslate2
 
 
@@ -572,7 +572,7 @@ def model_card(metadata: dict[str, Any], output: Path, parameters: int, vocab_si
 
     # its use
     lines += ["## Usage", "",
-              "```bash", "pip install 'lightning-nmt[serve]'",
+              "```bash", "pip install -e '.[serve]'   # in a clone of lightning-nmt",
               f"lnmt-serve {shell_dir} --port 8000   # HTTP: POST /translate {{\"src\": [\"...\"]}}; a page at /",
               f"lnmt-translate ckpt_path={shell_dir} input=test.{src} output=test.hyp",
               f"lnmt-eval ckpt_path={shell_dir}   # its scores on its training corpus's test sets",

@@ -70,7 +70,7 @@ def modules(tmp_path_factory) -> dict[str, ParallelDataModule]:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_format_gives_the_same_pairs_tokenizer_and_train_split(modules, fmt):
     if fmt not in modules:
-        pytest.skip("datasets is not installed (pip install 'lightning-nmt[hf]')")
+        pytest.skip("datasets is not installed (pip install -e '.[hf]')")
     dm, reference = modules[fmt], modules["text"]
     train = [pair for i, pair in enumerate(SPLITS["train"]) if i != 5]
     assert list(zip(dm.sources("train"), dm.references("train"), strict=True)) == train
@@ -105,7 +105,7 @@ def test_hf_without_the_datasets_package_is_a_one_line_error(tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     with pytest.raises(DataError) as err:
         read_all(HFSplit(str(tmp_path), None, "train", "en", "fr"))
-    assert "pip install 'lightning-nmt[hf]'" in str(err.value) and "\n" not in str(err.value)
+    assert "pip install -e '.[hf]'" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(DataError, match="data.hf_name is required"):
         ParallelDataModule(corpus="hf", src_lang="en", tgt_lang="fr")
 

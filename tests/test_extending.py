@@ -1,7 +1,7 @@
 """docs/extending.md's worked examples, run as they are written there: a score that overrides `forward`
-(sparsemax), a model type, a corpus format (JSON Lines), an optimizer (NAdam) and a schedule (cosine with warm-up).
-In process with the registries restored afterwards; with `-m slow`, as `lnmt-train` runs in a copy of the source
-tree with just the doc's files added."""
+(sparsemax), a model type, a corpus format (JSON Lines), an optimizer (NAdam), a schedule (cosine with warm-up) and a
+decoding strategy (MBR over samples). In process with the registries restored afterwards; with `-m slow`, as
+`lnmt-train` and `lnmt-translate` run in a copy of the source tree with just the doc's files added."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from lightning_nmt.errors import ConfigError
 from lightning_nmt.models import MODEL_TYPES, build_model, model_keys
 from lightning_nmt.models.attention import ATTENTIONS
 from lightning_nmt.optim import OPTIMIZERS, SCHEDULES, configure_optimizers, make_optimizer
-from lightning_nmt.search import search
-from tests.test_models_build import SMALL, make_batch
+from lightning_nmt.search import SEARCHES, DecodingConfig, search
+from lightning_nmt.search.schema import decoding_schema
+from tests.test_models_build import SMALL, make_batch, random_batch, small_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "extending.md").read_text()
@@ -38,11 +39,12 @@ FILES = {next(line[2:] for line in code.splitlines() if re.fullmatch(r"# [\w/]+\
 
 
 def test_the_doc_adds_one_module_and_one_config_file_per_extension() -> None:
-    assert sorted(FILES) == ["conf/data/jsonl.yaml", "conf/model/bag_of_words.yaml", "conf/optim/nadam.yaml",
-                             "conf/scheduler/cosine.yaml", "conf/variant/attention_sparsemax.yaml",
-                             "lightning_nmt/data/jsonl.py", "lightning_nmt/models/bag_of_words.py",
-                             "lightning_nmt/models/sparsemax.py", "lightning_nmt/optim/cosine.py",
-                             "lightning_nmt/optim/nadam.py"]
+    assert sorted(FILES) == ["conf/data/jsonl.yaml", "conf/decoding/mbr.yaml", "conf/model/bag_of_words.yaml",
+                             "conf/optim/nadam.yaml", "conf/scheduler/cosine.yaml",
+                             "conf/variant/attention_sparsemax.yaml", "lightning_nmt/data/jsonl.py",
+                             "lightning_nmt/models/bag_of_words.py", "lightning_nmt/models/sparsemax.py",
+                             "lightning_nmt/optim/cosine.py", "lightning_nmt/optim/nadam.py",
+                             "lightning_nmt/search/mbr.py"]
 
 
 @pytest.fixture
@@ -54,6 +56,7 @@ def registries(monkeypatch):
     MODEL_TYPES.pop("bag_of_words", None)
     OPTIMIZERS.pop("nadam", None)
     SCHEDULES.pop("cosine", None)
+    SEARCHES.pop("mbr", None)
 
 
 def run_module(path: str) -> dict:
@@ -145,6 +148,75 @@ def test_schedule_from_the_docs_warms_up_then_decays_along_the_cosine(registries
         configure_optimizers([param], {"name": "sgd"}, cfg.scheduler, None)
 
 
+def test_chrf_from_the_docs_scores_token_ngrams_with_recall_weighed_twice(registries):
+    namespace = run_module("lightning_nmt/search/mbr.py")
+    chrf, expected_utility = namespace["chrf"], namespace["expected_utility"]
+    assert chrf([4, 5, 6, 7], [4, 5, 6, 7]) == 1.0 and chrf([], []) == 1.0
+    assert chrf([4, 5], [6, 7]) == 0.0 and chrf([], [4]) == 0.0 and chrf([4], []) == 0.0
+    # orders 1-3 count (no 4-gram): precision = recall = (2/3 + 1/2 + 0) / 3
+    assert chrf([4, 5, 6], [4, 5, 7]) == pytest.approx(7 / 18)
+    # orders 1-2 count: precision 1, recall (1/2 + 1/3) / 2 = 5/12; F2 = 5 * 5/12 / (4 + 5/12)
+    assert chrf([4, 5], [4, 5, 6, 7]) == pytest.approx(25 / 53)
+    assert chrf([4, 5, 6, 7], [4, 5]) == pytest.approx(5 * 5 / 12 / (4 * 5 / 12 + 1))  # recall weighs more
+    assert expected_utility([[4, 5, 6]]) == [0.0]
+    assert expected_utility([[4, 5, 6], [4, 5, 7], [8]]) == pytest.approx([7 / 36, 7 / 36, 0.0])
+
+
+def test_mbr_from_the_docs_picks_the_samples_of_highest_expected_utility(registries):
+    """`strategy=mbr samples=8 seed=1` ranks the 8 draws of `strategy=sampling nbest=8 seed=1` by the doc's expected
+    utility: its n-best are the draws of highest utility, with sampling's scores and attention."""
+    namespace = run_module("lightning_nmt/search/mbr.py")
+    assert SEARCHES["mbr"] is namespace["MBROptions"]
+    expected_utility = namespace["expected_utility"]
+    model, batch = small_model(), random_batch(3, size=5)
+    src, lengths = batch["src"], batch["src_lengths"]
+    drawn = search(model, src, lengths, strategy="sampling", nbest=8, seed=1, attention=True)
+    ranked = search(model, src, lengths, strategy="mbr", samples=8, nbest=3, seed=1, attention=True)
+    for i, candidates in enumerate(drawn.tokens):
+        utility = expected_utility(candidates)
+        picked = [candidates.index(hyp) for hyp in ranked.tokens[i]]  # each is one of the draws
+        assert len(candidates) == 8 and len(set(picked)) == len(picked) == 3
+        assert [utility[k] for k in picked] == sorted(utility, reverse=True)[:3]
+        assert ranked.scores[i].tolist() == drawn.scores[i, picked].tolist()  # the model's scores, not utilities
+        for k, weights in zip(picked, ranked.attention[i], strict=True):
+            assert torch.equal(weights, drawn.attention[i][k])
+    assert any(hyps[0] != candidates[0] for hyps, candidates in zip(ranked.tokens, drawn.tokens, strict=True))
+    best = search(model, src, lengths, strategy="mbr", samples=8, seed=1)
+    assert best.tokens == [hyps[:1] for hyps in ranked.tokens]
+    assert best.tokens == search(model, src, lengths, strategy="mbr", samples=8, seed=1).tokens  # reproducible
+    assert best.tokens != search(model, src, lengths, strategy="mbr", samples=8, seed=2).tokens
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"samples": 0}, "decoding.samples must be at least 1, got 0"),
+    ({"samples": 4, "nbest": 5}, "decoding.nbest=5 is more than strategy mbr gives (at most 4)"),
+    ({"top_p": 0.0}, "decoding.top_p must be in (0, 1], got 0.0"),
+    ({"top_k": 5}, "decoding.top_k is an option of strategy sampling, not of mbr (set strategy=sampling)"),
+])
+def test_mbr_from_the_docs_refuses_a_bad_option_in_one_line(registries, given, message):
+    run_module("lightning_nmt/search/mbr.py")
+    model, batch = small_model(), random_batch(3, size=1)
+    with pytest.raises(ValueError) as err:
+        search(model, batch["src"], batch["src_lengths"], strategy="mbr", **given)
+    assert str(err.value) == message
+
+
+def test_mbr_conf_file_from_the_docs_sets_the_strategys_keys_and_fits_the_schema(registries):
+    """In process the `decoding:` schema of lightning_nmt/config.py was built before the doc's module registered
+    (the `-m slow` test composes it in a copy of the source tree); here the conf file holds the strategy's keys with
+    their defaults, and merges into a schema derived with it registered."""
+    namespace = run_module("lightning_nmt/search/mbr.py")
+    values = yaml.safe_load(FILES["conf/decoding/mbr.yaml"])
+    common = {option.name for option in fields(DecodingConfig)}
+    own = {key: value for key, value in values.items() if key not in common and key != "strategy"}
+    assert own == {option.name: option.default for option in fields(namespace["MBROptions"])}
+    decoding = DecodingConfig.from_dict(values)
+    decoding.check()
+    assert decoding.strategy == values["strategy"] == "mbr" and decoding.options == namespace["MBROptions"]()
+    merged = OmegaConf.merge(OmegaConf.structured(decoding_schema()), values)  # no key declared twice, other types
+    assert merged.strategy == "mbr" and merged.samples == 16 and merged.top_k is None
+
+
 def write_jsonl(path: Path, pairs: list[tuple[str, str]]) -> str:
     path.write_text("".join(json.dumps({"en": en, "fr": fr}, ensure_ascii=False) + "\n" for en, fr in pairs))
     return str(path)
@@ -167,15 +239,26 @@ def test_jsonl_format_from_the_docs_reads_validates_and_batches(registries, tmp_
                            cache_dir=str(tmp_path / "cache")).setup()
 
 
-@pytest.mark.slow
-def test_the_doc_files_alone_extend_lnmt_train(tmp_path):
-    """A copy of the package and conf/ with the doc's files added, nothing else edited: `lnmt-train` trains
-    `model=bag_of_words` with `optim=nadam scheduler=cosine`, and `+variant=attention_sparsemax`, on `data=jsonl`."""
+def source_copy(tmp_path: Path) -> Path:
+    """A copy of the package and conf/ under tmp_path/src with the doc's files added, nothing else edited."""
     src = tmp_path / "src"
     shutil.copytree(ROOT / "lightning_nmt", src / "lightning_nmt", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "conf", src / "conf")
     for path, code in FILES.items():
         (src / path).write_text(code)
+    return src
+
+
+def copy_env(src: Path) -> dict[str, str]:
+    """The environment of a command line run from the copy `src`."""
+    return {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_the_doc_files_alone_extend_lnmt_train(tmp_path):
+    """A copy of the package and conf/ with the doc's files added, nothing else edited: `lnmt-train` trains
+    `model=bag_of_words` with `optim=nadam scheduler=cosine`, and `+variant=attention_sparsemax`, on `data=jsonl`."""
+    src = source_copy(tmp_path)
     pairs = generate_pairs(400, seed=4)
     files = {name: write_jsonl(tmp_path / f"{name}.jsonl", part)
              for name, part in (("train", pairs[:340]), ("val", pairs[340:370]), ("test", pairs[370:]))}
@@ -183,7 +266,7 @@ def test_the_doc_files_alone_extend_lnmt_train(tmp_path):
               "data.tokenizer.vocab_size=300", "trainer.max_steps=4", "trainer.val_check_interval=4",
               "decoding.beam_size=2", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
               "trainer.enable_progress_bar=false"]
-    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    env = copy_env(src)
     for name, extra in (("bow", ["model=bag_of_words", "optim=nadam", "scheduler=cosine", "scheduler.warmup_steps=2"]),
                         ("sparsemax", ["+variant=attention_sparsemax", "model.embedding_dim=32",
                                        "model.encoder_hidden=32", "model.decoder_hidden=32"])):
@@ -197,3 +280,27 @@ def test_the_doc_files_alone_extend_lnmt_train(tmp_path):
     last = torch.load(tmp_path / "bow" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert list(last["optimizer_states"][0]["state"].values())[0]["mu_product"] < 1  # NAdam's own state
     assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.1 * 0.002)  # the cosine's end
+
+
+@pytest.mark.slow
+def test_the_doc_files_alone_extend_lnmt_translate_with_mbr(tmp_path):
+    """In a copy of the source tree with the doc's files added, `lnmt-translate strategy=mbr samples=4 seed=1` runs
+    on a checkpoint of before the strategy existed, with `samples` a command-line key, and translates each line with
+    one of the translations `strategy=sampling nbest=4 seed=1` draws for it."""
+    src = source_copy(tmp_path)
+    lines = [en for en, _ in generate_pairs(6, seed=11)]
+    (tmp_path / "in.txt").write_text("".join(line + "\n" for line in lines))
+    common = [f"ckpt_path={ROOT / 'tests' / 'fixtures' / 'checkpoints' / 'attention.ckpt'}",
+              f"input={tmp_path / 'in.txt'}", "seed=1", "max_input_len=1000"]  # no line in segments (each its own)
+    for name, extra in (("mbr", ["strategy=mbr", "samples=4"]), ("sampling", ["strategy=sampling", "nbest=4"])):
+        done = subprocess.run([sys.executable, "-m", "lightning_nmt.translate", *common, *extra,
+                               f"output={tmp_path / name}.txt"], cwd=tmp_path, env=copy_env(src),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    picked = (tmp_path / "mbr.txt").read_bytes().decode().split("\n")[:-1]  # a sampled piece may be \x1c, \r ...
+    drawn: dict[int, list[str]] = {}
+    for line in (tmp_path / "sampling.txt").read_bytes().decode().split("\n")[:-1]:
+        index, translation, _ = line.split(" ||| ")
+        drawn.setdefault(int(index), []).append(translation)
+    assert len(picked) == len(lines) and sorted(drawn) == list(range(len(lines)))
+    assert all(translation in drawn[i] for i, translation in enumerate(picked)), (picked, drawn)

@@ -215,8 +215,45 @@ def test_a_ctranslate2_directory_is_served(tmp_path):
             for hyp in hyps:
                 assert len(hyp["attention"]) == len(hyp["tgt_pieces"]) and hyp["tgt_pieces"][-1] == "</s>"
                 assert {len(row) for row in hyp["attention"]} == {len(hyp["src_pieces"])}
+        # sampling maps onto CTranslate2's; a per-request seed is refused (its random numbers are per process)
+        status, answer = call(server.url, "/translate", {"src": LINES[:2], "strategy": "sampling", "top_k": 5})
+        assert status == 200 and len(answer["translations"]) == 2
+        status, answer = call(server.url, "/translate", {"src": LINES[:2], "strategy": "sampling", "seed": 1})
+        assert status == 400 and answer["error"].startswith("seed=1 does not run on the ctranslate2 backend")
+        # attention weights are rounded as on the PyTorch backend
+        status, answer = call(server.url, "/translate", {"src": LINES[:1], "attention": True})
+        assert all(round(w, 4) == w for row in answer["translations"][0][0]["attention"] for w in row)
     finally:
         server.close()
+
+
+def test_a_seeded_request_gets_the_same_samples_whatever_is_batched_with_it(serve):
+    """The PyTorch backend gives each sampled sentence its own generator: a request with a seed, alone or batched
+    with 7 concurrent requests of the same settings, gets the same translations; another seed gets others."""
+    server = serve("attention", max_wait_ms=300)
+    body = {"src": LINES[:2], "strategy": "sampling", "seed": 11, "nbest": 2, "temperature": 1.5}
+    status, alone = call(server.url, "/translate", body)
+    assert status == 200
+    others = [{**body, "src": [LINES[(i + 3) % 8]]} for i in range(7)]
+    answers: list[Any] = [None] * 8
+    start = threading.Barrier(8)
+
+    def send(i: int, request: dict) -> None:
+        start.wait(timeout=30)
+        answers[i] = call(server.url, "/translate", request)
+
+    before = server.stats()["batches"]
+    threads = [threading.Thread(target=send, args=(i, r)) for i, r in enumerate([body, *others])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    def texts(answer: dict) -> list[list[str]]:
+        return [[hyp["tgt"] for hyp in hyps] for hyps in answer["translations"]]
+
+    assert answers[0][0] == 200 and texts(answers[0][1]) == texts(alone)  # scores: within float error of a batch
+    assert server.stats()["batches"] - before < 8  # it was batched with others
+    assert texts(call(server.url, "/translate", {**body, "seed": 12})[1]) != texts(alone)
 
 
 # ---- bad requests -----------------------------------------------------------------------------------------------

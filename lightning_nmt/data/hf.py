@@ -1,4 +1,4 @@
-"""Hugging Face ``datasets`` input (``data=hf``; the optional extra ``pip install 'lightning-nmt[hf]'``).
+"""Hugging Face ``datasets`` input (``data=hf``; the optional extra ``pip install -e '.[hf]'``).
 
 A split of a dataset with the usual translation layout, a ``translation`` column of ``{lang: sentence}``
 dicts (``wmt14``, ``wmt16``, ``iwslt2017``, ``opus_books``, ...). The dataset is given by its hub name and
@@ -18,7 +18,7 @@ from lightning_nmt.data.corpus import CHUNK_PAIRS, Chunk, PairSource, file_ident
 from lightning_nmt.data.errors import DataError
 from lightning_nmt.data.formats import CorpusFormat, configured, register_corpus
 
-INSTALL = "pip install 'lightning-nmt[hf]'"
+INSTALL = "pip install -e '.[hf]'"
 
 
 def _one_line(error: BaseException) -> str:
