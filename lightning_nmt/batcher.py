@@ -10,9 +10,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lightning_nmt.backend_api import Backend, Hypothesis
 from lightning_nmt.search import DecodingConfig
@@ -44,16 +44,38 @@ class _Item:
     arrived: float
 
 
-@dataclass
 class Stats:
-    requests: int = 0  # requests answered with translations
-    sentences: int = 0
-    batches: int = 0
-    largest_batch: int = 0  # sentences
-    rejected: int = 0  # 4xx answers
-    failed: int = 0  # batches whose model call raised
-    model_seconds: float = 0.0  # summed over the calls (those running side by side counted each)
-    started: float = field(default_factory=time.time)
+    """What `lnmt-serve` counts, once, in a Prometheus registry of its own: `GET /metrics` exposes it as it is and
+    `GET /stats` reads the same samples."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.responses = Counter("lnmt_http_responses", "HTTP responses, by route and status", ["route", "status"],
+                                 registry=r)
+        self.latency = Histogram("lnmt_http_request_seconds", "Time from a request's headers to its answer, by route",
+                                 ["route"], registry=r,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.batch_sentences = Histogram("lnmt_batch_sentences", "Sentences per model call", registry=r,
+                                         buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.sentences = Counter("lnmt_sentences", "Sentences translated", registry=r)
+        self.pieces = Counter("lnmt_source_pieces", "Source pieces translated", registry=r)
+        self.failed = Counter("lnmt_failed_batches", "Model calls that raised", registry=r)
+        self.model_seconds = Counter("lnmt_model_seconds", "Seconds in model calls, summed over the calls", registry=r)
+        self.queued = Gauge("lnmt_queue_sentences", "Sentences waiting for a batch", registry=r)
+        self.in_model = Gauge("lnmt_in_model_sentences", "Sentences in a model call now", registry=r)
+        self.largest_batch = 0
+        self.started = time.time()
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def total(self, name: str, keep: Callable[[dict[str, str]], bool]) -> float:
+        """The sum of the samples `name` whose labels `keep` accepts."""
+        return sum(sample.value for metric in self.registry.collect() for sample in metric.samples
+                   if sample.name == name and keep(sample.labels))
 
 
 class Batcher:
@@ -66,6 +88,8 @@ class Batcher:
         self.stats = Stats()
         self.closing = False
         self.busy = 0  # sentences in the model now
+        self.stats.queued.set_function(lambda: sum(not item.job.future.done() for item in self.pending))
+        self.stats.in_model.set_function(lambda: self.busy)
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._calls = max(1, backend.parallel_calls)
@@ -183,7 +207,7 @@ class Batcher:
                 raise RuntimeError(f"the backend returned {len(results)} results for {len(lines)} lines")
         except Exception as err:  # the server survives a failing batch; its requests get a 500
             log.exception("translating a batch of %d sentences failed", len(batch))
-            self.stats.failed += 1
+            self.stats.failed.inc()
             for item in batch:
                 if not item.job.future.done():
                     item.job.future.set_exception(TranslationFailed(f"{type(err).__name__}: {err}"))
@@ -191,10 +215,11 @@ class Batcher:
         finally:
             self.busy -= len(batch)
         seconds = time.perf_counter() - started
-        self.stats.batches += 1
-        self.stats.sentences += len(batch)
+        self.stats.batch_sentences.observe(len(batch))
+        self.stats.sentences.inc(len(batch))
+        self.stats.pieces.inc(sum(item.pieces for item in batch))
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-        self.stats.model_seconds += seconds
+        self.stats.model_seconds.inc(seconds)
         log.debug("batch of %d sentences (%d padded pieces, %s, beam %d) in %.1f ms", len(batch), self._cost(batch),
                   decoding.strategy, decoding.beam_size, seconds * 1000)
         for item, hyps in zip(batch, results):

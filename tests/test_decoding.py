@@ -136,6 +136,26 @@ def test_truncation_keeps_what_each_rule_says():
     assert kept([0.4, 0.3, 0.3], epsilon=0.9) == [True, False, False]  # the most probable is always kept
 
 
+@pytest.mark.parametrize("options", [{}, {"top_k": 3}, {"epsilon": 0.05}, {"top_k": 5, "epsilon": 0.05},
+                                     {"top_p": 0.7}, {"top_k": 4, "top_p": 0.8}, {"temperature": 0.5, "top_k": 2}])
+def test_a_draw_picks_only_what_the_truncation_keeps(options):
+    """The draw (a cumulative sum in vocabulary order unless the nucleus needs an order) picks only among the tokens
+    the sorted rule `keep` allows, and picks each of them that has a renormalised probability above 0.1%."""
+    torch.manual_seed(0)
+    sampler = SEARCHES["sampling"](**options)
+    log_probs = (torch.randn(4, 30) * 2).log_softmax(dim=1)
+    ordered, order = (log_probs / sampler.temperature).log_softmax(dim=1).sort(dim=1, descending=True, stable=True)
+    kept = ordered.exp() * sampler.keep(ordered.exp())
+    kept = kept / kept.sum(dim=1, keepdim=True)
+    drawn: list[set[int]] = [set() for _ in range(4)]
+    for u in torch.linspace(0, 0.9999, 4000):
+        for r, token in enumerate(sampler.draw(log_probs, u.repeat(4)).tolist()):
+            drawn[r].add(token)
+    for r in range(4):
+        assert drawn[r] <= set(order[r][kept[r] > 0].tolist())
+        assert drawn[r] >= set(order[r][kept[r] > 1e-3].tolist())
+
+
 # ---- penalties ----------------------------------------------------------------------------------------------------
 
 def repeats(tokens: list[int], n: int) -> bool:

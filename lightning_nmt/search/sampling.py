@@ -72,6 +72,29 @@ class SamplingOptions(SearchOptions):
         keep[:, 0] = True
         return keep
 
+    def draw(self, log_probs: Tensor, u: Tensor) -> Tensor:
+        """One token per row of log_probs (R, V) by inverse transform sampling with the uniform numbers u (R,).
+        Only the nucleus needs the tokens sorted by probability (the `top_k` best, or all); otherwise the
+        cumulative sum runs in vocabulary order, with the top-k and epsilon masks (performance: no sort over V)."""
+        scaled = (log_probs / self.temperature).log_softmax(dim=1)
+        if self.top_k == 1:
+            return scaled.argmax(dim=1)  # the greedy choice, exactly
+        if self.top_p < 1:
+            top, order = (scaled.topk(self.top_k, dim=1) if self.top_k
+                          else scaled.sort(dim=1, descending=True, stable=True))
+            probs = top.exp()
+            probs = probs * self.keep(probs)
+        else:
+            probs, order = scaled.exp(), None
+            keep = probs >= self.epsilon
+            if self.top_k:
+                keep &= torch.zeros_like(keep).scatter_(1, scaled.topk(self.top_k, dim=1).indices, True)
+            keep.scatter_(1, scaled.argmax(dim=1, keepdim=True), True)
+            probs = probs * keep
+        cdf = probs.cumsum(dim=1)
+        picked = torch.searchsorted(cdf, u.unsqueeze(1) * cdf[:, -1:], right=True).clamp(max=cdf.size(1) - 1)
+        return picked.squeeze(1) if order is None else order.gather(1, picked).squeeze(1)
+
     def run(self, model: Seq2Seq, src: Tensor, src_lengths: Tensor, decoding: DecodingConfig,
             topk: TopK) -> SearchResult:
         n = decoding.nbest
@@ -90,12 +113,7 @@ class SamplingOptions(SearchOptions):
                 for i, d in zip(sentences.tolist(), draws, strict=True)]).to(src.device)
 
             def sample(log_probs: Tensor, rows: Tensor, step: int, uniforms: Tensor = uniforms) -> Tensor:
-                ordered, order = (log_probs / self.temperature).sort(dim=1, descending=True, stable=True)
-                probs = ordered.softmax(dim=1)
-                cdf = (probs * self.keep(probs)).cumsum(dim=1)
-                u = uniforms[rows, step].unsqueeze(1) * cdf[:, -1:]
-                picked = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.size(1) - 1)
-                return order.gather(1, picked).squeeze(1)
+                return self.draw(log_probs, uniforms[rows, step])
 
             lengths = src_lengths[sentences]
             result = choose_each_step(model, enc.index_select(sentences), lengths, decoding, sample).result(1, lengths)

@@ -41,6 +41,13 @@ async function describeModel() {
   }
 }
 
+function post(body) {
+  const headers = {"Content-Type": "application/json"};
+  const key = sessionStorage.getItem("lnmt-api-key");
+  if (key) headers["Authorization"] = "Bearer " + key;
+  return fetch("translate", {method: "POST", headers, body: JSON.stringify(body)});
+}
+
 async function translate() {
   const lines = $("src").value.split("\n").map((line) => line.trim()).filter((line) => line.length > 0);
   $("error").hidden = true;
@@ -53,8 +60,14 @@ async function translate() {
   const started = performance.now();
   let response, data;
   try {
-    response = await fetch("translate", {method: "POST", headers: {"Content-Type": "application/json"},
-                                         body: JSON.stringify(body)});
+    response = await post(body);
+    if (response.status === 401) {  // a server started with --api-key-file: ask once, keep it for this tab
+      const key = window.prompt("This server needs an API key:");
+      if (key) {
+        sessionStorage.setItem("lnmt-api-key", key.trim());
+        response = await post(body);
+      }
+    }
     data = await response.json();
   } catch (err) {
     showError("the server did not answer: " + err);
