@@ -91,6 +91,7 @@ class Batcher:
         self.stats.queued.set_function(lambda: sum(not item.job.future.done() for item in self.pending))
         self.stats.in_model.set_function(lambda: self.busy)
         self._wakeup: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task | None = None
         self._calls = max(1, backend.parallel_calls)
         self._slots: asyncio.Semaphore | None = None  # model calls that may start now
@@ -100,7 +101,19 @@ class Batcher:
     def start(self) -> None:
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(self._calls)
-        self._worker = asyncio.get_running_loop().create_task(self._run(), name="lnmt-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._worker = self._loop.create_task(self._run(), name="lnmt-batcher")
+
+    def drain_soon(self) -> None:
+        """From any thread (a signal handler): stop waiting for fuller batches, translate what is queued now, and
+        refuse new requests (the server is shutting down)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self.closing = True
+        if self._wakeup is not None:
+            self._wakeup.set()
 
     async def stop(self) -> None:
         """Translate what is queued, then end the worker and the model thread."""

@@ -53,13 +53,20 @@ class GuardedProtocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._error_status = 400  # h11's hint for the request it could not parse (431: headers too large)
         next_event = self.conn.next_event
+        limit = self.config.h11_max_incomplete_event_size
 
         def next_event_noting_errors() -> Any:
             try:
-                return next_event()
+                event = next_event()
             except h11.RemoteProtocolError as err:
                 self._error_status = err.error_status_hint
                 raise
+            # h11 bounds only headers that arrive in pieces: a request line and headers read at once are counted here
+            if isinstance(event, h11.Request) and limit is not None and \
+                    len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers) > limit:
+                self._error_status = 431
+                raise h11.RemoteProtocolError("request headers too large", error_status_hint=431)
+            return event
 
         self.conn.next_event = next_event_noting_errors  # type: ignore[method-assign]
 

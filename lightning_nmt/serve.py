@@ -54,8 +54,9 @@ import uuid
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -150,7 +151,11 @@ def _request_model() -> type[BaseModel]:
     for name, kind, _ in flat_decoding_keys():
         if name in SERVER_KEYS:
             continue
-        kind = Optional[strategies] if name == "strategy" else kind  # noqa: UP045
+        enum = next((arg for arg in get_args(kind) if isinstance(arg, type) and issubclass(arg, Enum)), None)
+        if name == "strategy":
+            kind = Optional[strategies]  # noqa: UP045
+        elif enum is not None:  # by value, inline in the schema
+            kind = Optional[Literal[tuple(member.value for member in enum)]]  # type: ignore[valid-type]  # noqa: UP045
         fields[name] = (kind, Field(None, **bounds.get(name, {}), allow_inf_nan=False) if "float" in str(kind)
                         else Field(None, **bounds.get(name, {})))
     return create_model("TranslateRequest", __base__=_Request, **fields)
@@ -290,6 +295,12 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error(exc.status_code, str(exc.detail).lower() if exc.detail else "error")
 
+    @app.exception_handler(ClientDisconnect)
+    async def _went_away(request: Request, exc: ClientDisconnect) -> Response:
+        log.info("%s %s: the client went away before its request was read (request id %s)", request.method,
+                 request.url.path, request.scope.get("state", {}).get("request_id", "-"))
+        return Response(status_code=499)  # nginx's "client closed request": counted, never read
+
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
         request_id = request.scope.get("state", {}).get("request_id", "-")
@@ -389,11 +400,19 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
             out.append(sentence)
         return JSONResponse({"translations": out})
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    def get(path: str, **options: Any) -> Any:
+        """A GET route that also answers HEAD (health checks use either); HEAD stays out of the schema."""
+        def register(endpoint: Any) -> Any:
+            app.add_api_route(path, endpoint, methods=["HEAD"], **{**options, "include_in_schema": False})
+            return app.get(path, **options)(endpoint)
+
+        return register
+
+    @get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.api_route("/models", methods=["GET", "HEAD"])
+    @get("/models")
     async def models() -> dict[str, Any]:
         return {"models": [{
             "name": backend.name, "type": backend.model_type, "backend": backend.backend,
@@ -403,17 +422,17 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
             "auth": settings.api_key is not None,
         }]}
 
-    @app.api_route("/stats", methods=["GET", "HEAD"], responses={401: ERRORS[401]})
+    @get("/stats", responses={401: ERRORS[401]})
     async def stats() -> dict[str, Any]:
         return _stats(batcher)
 
-    @app.api_route("/metrics", methods=["GET", "HEAD"], response_class=Response)
+    @get("/metrics", response_class=Response)
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(batcher.stats.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    @get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
@@ -441,8 +460,7 @@ def _stats(batcher: Batcher) -> dict[str, Any]:
 
 class Guard:
     """The ASGI layer around the app: the Host check, the API key, the request id, the counts by route and status,
-    a client that went away (one INFO line), and a fault (the app's 500 is answered; its exception stops here, so it
-    is logged once)."""
+    and a fault (the app's 500 is answered; its exception stops here, so it is logged once)."""
 
     PROTECTED = {("POST", "/translate"), ("GET", "/stats"), ("HEAD", "/stats")}
 
@@ -461,7 +479,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope.setdefault("state", {})["request_id"] = request_id = uuid.uuid4().hex[:12]
+        scope.setdefault("state", {})["request_id"] = uuid.uuid4().hex[:12]
         route = self._route(scope["path"])
         started = time.perf_counter()
         status: list[int] = []
@@ -479,9 +497,6 @@ class Guard:
                                                                                           counted_send)
             else:
                 await self.app(scope, receive, counted_send)
-        except ClientDisconnect:
-            log.info("%s %s: the client went away before its request was read (request id %s)", scope["method"],
-                     scope["path"], request_id)
         except Exception:  # the app answered 500 (its exception handler logged it); it stops here
             if not status:
                 raise
@@ -696,7 +711,15 @@ def make_server(app: Any, settings: Settings, host: str = "127.0.0.1", port: int
                             http=protocol(limits), log_config=None, timeout_keep_alive=settings.keep_alive_timeout,
                             h11_max_incomplete_event_size=settings.max_header_bytes,
                             timeout_graceful_shutdown=settings.shutdown_timeout)
-    return uvicorn.Server(config)
+    batcher = getattr(app, "batcher", None)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            if batcher is not None:  # the queued sentences go now, not after --max-wait-ms
+                batcher.drain_soon()
+
+    return Server(config)
 
 
 if __name__ == "__main__":

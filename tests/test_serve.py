@@ -497,11 +497,28 @@ def refused(port: int) -> bool:
 
 
 def test_sigterm_answers_the_requests_in_flight_then_exits_0(translators):
+    """... and a client trickling its body is cut at --shutdown-timeout: the server exits 0 within it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "lightning_nmt.serve", str(CHECKPOINTS / "attention.ckpt"), "--port", str(port),
-         "--max-wait-ms", "5000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+         "--max-wait-ms", "5000", "--shutdown-timeout", "6", "--body-timeout", "120"], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    trickler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    trickling = threading.Event()
+
+    def trickle() -> None:  # a body of 10,000 bytes, one byte every 0.2 s
+        try:
+            trickler.connect(("127.0.0.1", port))
+            trickler.sendall(b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 10000\r\n\r\n")
+            trickling.set()
+            while True:
+                trickler.sendall(b" ")
+                time.sleep(0.2)
+        except OSError:  # the server cut it
+            pass
+
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -513,6 +530,7 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(translators):
                 pass
             assert time.monotonic() < deadline, "the server did not start within 120 s"
             time.sleep(0.2)
+        assert call(url, "/translate", {"src": [LINES[0]], "beam_size": 1})[0] == 200  # warm: the first call is slow
         requests = [{"src": [LINES[i], LINES[i + 4]]} for i in range(4)]
         answers: list[Any] = [None] * 4
         threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, call(url, "/translate", requests[i])))
@@ -523,12 +541,14 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(translators):
         while call(url, "/stats")[1]["queued"] < 8:  # all in the queue, waiting up to 5 s for a fuller batch
             assert time.monotonic() < deadline, "the requests did not reach the queue within 30 s"
             time.sleep(0.05)
+        threading.Thread(target=trickle, daemon=True).start()
+        assert trickling.wait(timeout=30)
         server.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
         deadline = time.monotonic() + 3
-        while not refused(port):  # no new connections...
+        while not refused(port):  # no new connections, while the requests in flight are translated at once
             assert time.monotonic() < deadline, "still accepting connections 3 s after SIGTERM"
             time.sleep(0.05)
-        assert all(answer is None for answer in answers)  # ...while the requests in flight still wait
         for thread in threads:
             thread.join(timeout=120)
         for request, (status, answer) in zip(requests, answers, strict=True):
@@ -536,9 +556,11 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(translators):
             assert [hyps[0]["tgt"] for hyps in answer["translations"]] == expected(translators, "attention",
                                                                                    request["src"])
         assert server.wait(timeout=60) == 0
+        assert time.monotonic() - signalled < 6 + 5, "the trickling client held the shutdown past its deadline"
         log = server.stdout.read()
-        assert "stopped: 4 requests, 8 sentences in 1 batches" in log and "stopped by SIGTERM" in log
+        assert "stopped: 5 requests, 9 sentences in 2 batches" in log and "stopped by SIGTERM" in log
     finally:
+        trickler.close()
         if server.poll() is None:
             server.kill()
             server.wait(timeout=30)
