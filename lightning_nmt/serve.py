@@ -33,7 +33,7 @@ model on them in a thread; each request gets its own results back in its order. 
 stops accepting connections, answers the requests in flight, cuts what is still running at --shutdown-timeout, and
 exits with status 0.
 
-Built on FastAPI + uvicorn (h11, with the connection layer of `lightning_nmt.connections`) rather than LitServe: the
+Built on FastAPI + uvicorn (with the connection layer of `lightning_nmt.connections`) rather than LitServe: the
 batching is a plain asyncio queue in the server's own event loop and the model runs in threads of the same process.
 """
 
@@ -41,8 +41,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -69,9 +71,9 @@ from starlette.requests import ClientDisconnect
 from lightning_nmt.backend_api import Backend
 from lightning_nmt.backends import load_backend
 from lightning_nmt.batcher import Batcher, TranslationFailed
-from lightning_nmt.connections import ConnectionLimits, protocol
+from lightning_nmt.connections import PARSERS, ConnectionLimits, protocol
 from lightning_nmt.errors import UserError
-from lightning_nmt.search import SEARCHES, DecodingConfig, max_lengths
+from lightning_nmt.search import SEARCHES, DecodingConfig
 from lightning_nmt.search.schema import flat_decoding_keys
 
 log = logging.getLogger("lightning_nmt.serve")
@@ -112,6 +114,7 @@ class Settings:
     keep_alive_timeout: float = 5.0  # an idle kept-alive connection is closed after it
     max_header_bytes: int = 16 << 10
     max_connections: int = 256
+    http_parser: str = "auto"  # httptools when installed, else h11 (`lightning_nmt.connections`)
     shutdown_timeout: float = 10.0  # after SIGTERM, what still runs is cut after it
     api_key: str | None = None  # POST /translate and GET /stats need `Authorization: Bearer <key>`
     metrics_auth: bool = False  # GET /metrics needs it too
@@ -323,15 +326,25 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
             return b"".join(chunks)
 
         try:
+            if sys.version_info >= (3, 11):  # a deadline on this task (wait_for makes a task per request: slower)
+                async with asyncio.timeout(settings.body_timeout):
+                    return await collect()
             return await asyncio.wait_for(collect(), settings.body_timeout)
         except asyncio.TimeoutError:
             raise RequestError(408, f"request body not received within {settings.body_timeout:g} s",
                                {"connection": "close"}) from None
 
-    def request_decoding(req: BaseModel) -> DecodingConfig:
+    @functools.lru_cache(maxsize=1024)
+    def decoding_of(given: tuple[tuple[str, Any], ...]) -> DecodingConfig | tuple[int, str]:
+        """The checked decoding settings of a request's keys (most requests repeat a few: cached), or its error."""
+        try:
+            return request_decoding(dict(given))
+        except RequestError as err:
+            return err.status, err.message
+
+    def request_decoding(given: dict[str, Any]) -> DecodingConfig:
         """The request's decoding settings over the server's defaults, checked by the one check and the backend's:
         400 naming the key of a value out of range or options that contradict each other."""
-        given = {key: value for key, value in req.model_dump().items() if key != "src"}
         try:
             decoding = defaults.with_overrides(**given)
         except ValueError as err:
@@ -349,9 +362,7 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
     def check_answer_size(pieces: list[int], decoding: DecodingConfig) -> None:
         """413 when the answer could pass --max-response-bytes: a bound from the request alone, before translating
         (each sentence's longest output, every piece at its longest, attention rows over its source pieces)."""
-        import torch
-
-        longest = max_lengths(torch.tensor(pieces), decoding.max_len_ratio, decoding.max_len_offset).tolist()
+        longest = [math.ceil(n * decoding.max_len_ratio) + decoding.max_len_offset + 1 for n in pieces]  # >= ours
         per_hyp = [out * PIECE_BYTES + 64 + (decoding.attention * (out * n * WEIGHT_BYTES + (out + n) * PIECE_BYTES))
                    for out, n in zip(longest, pieces, strict=True)]
         bound = decoding.nbest * sum(per_hyp)
@@ -368,7 +379,10 @@ def create_app(backend: Backend, settings: Settings | None = None) -> FastAPI:
         if media_type != "application/json":
             raise RequestError(415, f"Content-Type must be application/json, got {media_type or 'none'}")
         req = parse_request(await read_body(request))
-        decoding = request_decoding(req)
+        given = tuple((key, value) for key, value in req.__dict__.items() if key != "src" and value is not None)
+        decoding = decoding_of(given)
+        if isinstance(decoding, tuple):
+            raise RequestError(*decoding)
         if len(req.src) > settings.max_sentences:
             raise RequestError(413, f"{len(req.src)} sentences in one request: at most {settings.max_sentences} "
                                     "(--max-sentences)")
@@ -471,6 +485,8 @@ class Guard:
         self.key = settings.api_key.encode() if settings.api_key else None
         self.protected = set(self.PROTECTED) | ({("GET", "/metrics"), ("HEAD", "/metrics")}
                                                 if settings.metrics_auth else set())
+        self.prefix, self.ids = uuid.uuid4().hex[:6], itertools.count(1)  # request ids: this process's, in order
+        self.counted: dict[tuple[str, int], tuple[Any, Any]] = {}  # (route, status) -> its metric children
 
     def __getattr__(self, name: str) -> Any:  # the FastAPI app's attributes (openapi, routes, ...)
         return getattr(self.app, name)
@@ -479,7 +495,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope.setdefault("state", {})["request_id"] = uuid.uuid4().hex[:12]
+        scope.setdefault("state", {})["request_id"] = f"{self.prefix}-{next(self.ids)}"
         route = self._route(scope["path"])
         started = time.perf_counter()
         status: list[int] = []
@@ -502,9 +518,13 @@ class Guard:
                 raise
         finally:
             if status:
-                stats = self.batcher.stats
-                stats.responses.labels(route, str(status[0])).inc()
-                stats.latency.labels(route).observe(time.perf_counter() - started)
+                key = (route, status[0])
+                if key not in self.counted:
+                    stats = self.batcher.stats
+                    self.counted[key] = (stats.responses.labels(route, str(status[0])), stats.latency.labels(route))
+                responses, latency = self.counted[key]
+                responses.inc()
+                latency.observe(time.perf_counter() - started)
 
     def _route(self, path: str) -> str:
         """The route label of a path: a known route, `/static`, else `other` (bounded label values)."""
@@ -617,6 +637,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     limits.add_argument("--shutdown-timeout", type=_seconds, default=defaults.shutdown_timeout,
                         help="after SIGTERM, seconds the requests in flight have before they are cut (default: "
                              f"{defaults.shutdown_timeout:g})")
+    limits.add_argument("--http", choices=PARSERS, default="auto",
+                        help="the HTTP parser: httptools (auto, when installed: faster) or h11")
     parser.add_argument("--device", default="cpu", help="cpu, gpu/cuda or auto (default: cpu)")
     parser.add_argument("--threads", type=_positive, default=None,
                         help="CPU threads of the model calls (default: one per core). A checkpoint: torch's threads of "
@@ -684,7 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_response_bytes=args.max_response_bytes, body_timeout=args.body_timeout,
                         header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
                         max_header_bytes=args.max_header_bytes, max_connections=args.max_connections,
-                        shutdown_timeout=args.shutdown_timeout, api_key=key, metrics_auth=args.metrics_auth,
+                        shutdown_timeout=args.shutdown_timeout, http_parser=args.http, api_key=key,
+                        metrics_auth=args.metrics_auth,
                         allowed_hosts=hosts, cors_origins=args.cors_origin)
     server = make_server(create_app(backend, settings), settings, args.host, args.port, args.log_level,
                          args.access_log)
@@ -702,13 +725,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def make_server(app: Any, settings: Settings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
                 access_log: bool = False) -> Any:
-    """The uvicorn server of `app` with `settings`' connection limits (h11 and `lightning_nmt.connections`); its log
-    records go through the root logger, in one format."""
+    """The uvicorn server of `app` with `settings`' connection limits (`lightning_nmt.connections`); its log records
+    go through the root logger, in one format."""
     import uvicorn
 
-    limits = ConnectionLimits(header_timeout=settings.header_timeout, max_connections=settings.max_connections)
+    limits = ConnectionLimits(header_timeout=settings.header_timeout, max_header_bytes=settings.max_header_bytes,
+                              max_connections=settings.max_connections)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=access_log, lifespan="on",
-                            http=protocol(limits), log_config=None, timeout_keep_alive=settings.keep_alive_timeout,
+                            http=protocol(limits, settings.http_parser), log_config=None,
+                            timeout_keep_alive=settings.keep_alive_timeout,
                             h11_max_incomplete_event_size=settings.max_header_bytes,
                             timeout_graceful_shutdown=settings.shutdown_timeout)
     batcher = getattr(app, "batcher", None)

@@ -35,10 +35,14 @@ def backend() -> TorchBackend:
     return TorchBackend.load(CHECKPOINTS / "attention.ckpt")
 
 
-@pytest.fixture(scope="module")
-def server(backend):
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def server(backend, request):
+    """A server with short timeouts and small limits, on each HTTP parser."""
+    if request.param == "httptools":
+        pytest.importorskip("httptools", reason="httptools is not installed")
     live = LiveServer(backend, Settings(header_timeout=1.0, body_timeout=1.0, max_connections=8,
-                                        max_header_bytes=4096, max_response_bytes=200_000))
+                                        max_header_bytes=4096, max_response_bytes=200_000,
+                                        http_parser=request.param))
     yield live
     live.close()
 
