@@ -28,6 +28,7 @@ from lightning_nmt.kernels.cpu import Speedups
 from lightning_nmt.metrics import VAL_METRICS
 from lightning_nmt.models import MODEL_TYPES, model_options
 from lightning_nmt.optim import OPTIMIZERS, SCHEDULES, optimizer_options, schedule_options
+from lightning_nmt.registry import option_keys
 from lightning_nmt.search import DecodingConfig
 from lightning_nmt.search.schema import decoding_schema, flat_decoding_keys
 
@@ -130,12 +131,7 @@ def _options_config(schema: str, table: dict[str, type], names: type[Enum], comm
     every key some entry reads (the fields of its options), each optional: None is the chosen entry's default and a
     key it does not read is ignored, so `optim.name=sgd` composes over conf/optim/adam.yaml. Values live in
     conf/optim/<name>.yaml and conf/scheduler/<name>.yaml."""
-    keys: dict[str, Any] = {}
-    for options in table.values():
-        hints = get_type_hints(options)
-        for option in fields(options):
-            if keys.setdefault(option.name, hints[option.name]) != hints[option.name]:
-                raise TypeError(f"{schema}: {option.name} is declared twice with different types")
+    keys = option_keys(table.values(), schema)
     return make_dataclass(schema, [("name", names, MISSING), *common,
                                    *((key, Optional[kind], None) for key, kind in keys.items())])  # noqa: UP045
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from typing import Any, TypeVar, get_type_hints
 
 T = TypeVar("T", bound=type)
 
@@ -20,3 +21,15 @@ def register_in(table: dict[str, Any], name: str, what: str) -> Callable[[T], T]
         return cls
 
     return register
+
+
+def option_keys(entries: Iterable[type], what: str) -> dict[str, Any]:
+    """name -> type of every field some registered options class declares (the union a config schema holds); a
+    field declared twice with different types is a TypeError naming `what`."""
+    keys: dict[str, Any] = {}
+    for options in entries:
+        hints = get_type_hints(options)
+        for option in fields(options):
+            if keys.setdefault(option.name, hints[option.name]) != hints[option.name]:
+                raise TypeError(f"{what}.{option.name} is declared twice with different types")
+    return keys

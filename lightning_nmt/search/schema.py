@@ -8,6 +8,7 @@ from dataclasses import MISSING, fields, make_dataclass
 from enum import Enum
 from typing import Any, Optional, get_type_hints
 
+from lightning_nmt.registry import option_keys
 from lightning_nmt.search.base import SEARCHES, DecodingConfig
 
 REQUEST_ONLY = ("attention",)
@@ -28,13 +29,7 @@ def _common() -> list[tuple[str, Any, Any]]:
 
 def _options() -> dict[str, Any]:
     """name -> type of every key some strategy reads besides the common ones."""
-    keys: dict[str, Any] = {}
-    for options in SEARCHES.values():
-        hints = get_type_hints(options)
-        for option in fields(options):
-            if keys.setdefault(option.name, hints[option.name]) != hints[option.name]:
-                raise TypeError(f"decoding.{option.name} is declared twice with different types")
-    return keys
+    return option_keys(SEARCHES.values(), "decoding")
 
 
 def decoding_schema() -> type:
