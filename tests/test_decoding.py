@@ -293,3 +293,26 @@ def test_a_checkpoint_translates_the_same_without_the_lightning_module():
     module = TranslationModule.load(FIXTURES / "transformer.ckpt")
     plain = Translator.from_checkpoint(FIXTURES / "transformer.ckpt", beam_size=3)
     assert [h[0][0] for h in translate_lines(module, LINES, beam_size=3)] == plain.translate(LINES)
+
+
+def test_lnmt_eval_scores_an_ensemble_of_a_checkpoint_with_itself_as_the_checkpoint(tmp_path):
+    """`lnmt-eval ckpt_path=[a,a]`: the same BLEU as `a`, no teacher-forced loss, both paths in eval.json."""
+    from lightning_nmt.eval import evaluate
+    from tests.conftest import compose_config
+
+    ckpt = FIXTURES / "attention.ckpt"
+    scores = []
+    for name, path in (("alone", str(ckpt)), ("pair", f"[{ckpt},{ckpt}]")):
+        cfg = compose_config("eval", [f"ckpt_path={path}", "beam_size=2", f"output={tmp_path / name}.json",
+                                      "data=sample", "data.sample_sizes={train:20,val:10,test:30}"], tmp_path)
+        scores.append(evaluate(cfg)["test"])
+    assert scores[1]["bleu"] == scores[0]["bleu"] and scores[1]["sentences"] == 30
+    assert scores[0]["loss"] > 0 and scores[1]["loss"] is None
+    assert json.loads((tmp_path / "pair.json").read_text())["ckpt_path"] == [str(ckpt), str(ckpt)]
+
+
+def test_an_empty_checkpoint_list_is_named():
+    from lightning_nmt.translate import model_paths
+
+    with pytest.raises(ConfigError, match=r"ckpt_path=\[\] names no checkpoint"):
+        model_paths([])

@@ -130,12 +130,16 @@ def test_host_content_type_and_api_key(backend):
     try:
         body = json.dumps({"src": [LINES[0]]}).encode()
         json_type = {"Content-Type": "application/json"}
-        assert request(live.url, "GET", "/health", headers={"Host": "evil.example"})[0] == 400
-        assert request(live.url, "POST", "/translate", body, {"Content-Type": "text/plain",
-                                                              "Authorization": "Bearer s3cret"})[0] == 415
+        status, _, answer = request(live.url, "GET", "/health", headers={"Host": "evil.example"})
+        assert status == 400 and json.loads(answer) == {"error": "Host 'evil.example' is not allowed (--allowed-hosts)"}
+        status, _, answer = request(live.url, "POST", "/translate", body, {"Content-Type": "text/plain",
+                                                                           "Authorization": "Bearer s3cret"})
+        assert status == 415 and json.loads(answer) == {
+            "error": "Content-Type must be application/json, got text/plain"}
         status, headers, answer = request(live.url, "POST", "/translate", body, json_type)
         assert status == 401 and headers["www-authenticate"] == "Bearer" and b"needs an API key" in answer
-        assert request(live.url, "POST", "/translate", body, {**json_type, "Authorization": "Bearer nope"})[0] == 401
+        status, _, answer = request(live.url, "POST", "/translate", body, {**json_type, "Authorization": "Bearer nope"})
+        assert status == 401 and json.loads(answer) == {"error": "wrong API key"}
         assert request(live.url, "GET", "/stats")[0] == 401
         key = {**json_type, "Authorization": "Bearer s3cret"}
         status, _, answer = request(live.url, "POST", "/translate", body, key)
